@@ -1,0 +1,60 @@
+"""AWS clients and settings for the Lambda handlers (and the local engine, which runs the same handlers).
+
+Handlers run on several threads in the local engine, so boto3 resources are kept per thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import boto3
+
+from harvester.ledger import Ledger
+from harvester.spec import SourceSpec, find_spec, parse_spec
+from harvester.storage import Store
+
+_local = threading.local()
+
+
+def setting(name: str) -> str:
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise RuntimeError(f"environment variable {name} is not set (the stack sets it on every function)") from None
+
+
+def s3():
+    if not hasattr(_local, "s3"):
+        _local.s3 = boto3.client("s3")
+    return _local.s3
+
+
+def table():
+    if not hasattr(_local, "table"):
+        _local.table = boto3.resource("dynamodb").Table(setting("HARVESTER_TABLE"))
+    return _local.table
+
+
+def store() -> Store:
+    return Store(s3(), setting("HARVESTER_BUCKET"))
+
+
+def ledger() -> Ledger:
+    return Ledger(table())
+
+
+def source_spec(source: str) -> SourceSpec:
+    """A source's spec from the deployed `sources/` folder (plan step only)."""
+    return find_spec(setting("HARVESTER_SOURCES_DIR"), source)
+
+
+@functools.lru_cache(maxsize=32)
+def _run_spec(bucket: str, key: str) -> SourceSpec:
+    return parse_spec(store().get_json(key), f"s3://{bucket}/{key}")
+
+
+def run_spec(spec_key: str) -> SourceSpec:
+    """The spec a run was planned with (written by the plan step), cached per container."""
+    return _run_spec(setting("HARVESTER_BUCKET"), spec_key)

@@ -1,0 +1,236 @@
+"""The HTTP side of a worker: one parent's list, page by page, with error classes and retries.
+
+Error classes (docs/failures.md):
+- transient (429, 408, 5xx, timeouts, connection resets, a body that is not JSON, an empty page before the
+  announced total): retried here with capped exponential back-off and full jitter, within the time left;
+- permanent (404 and other 4xx, a JSON body without the records the spec points at): not retried, reported as
+  `CallFailed` with URL, status, reason and an excerpt;
+- fatal for the batch (401/403): `AuthFailed`, since every other call would fail the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+from harvester import paginate
+from harvester.spec import Level, SourceSpec
+from harvester.template import TemplateError, render
+
+
+class OutOfTime(Exception):
+    """The worker's time budget ends before this call could be made or retried."""
+
+
+class CallFailed(Exception):
+    """A call failed permanently (or transiently more often than the spec allows)."""
+
+    def __init__(self, url: str, status: int | None, reason: str, excerpt: str = "", attempts: int = 1):
+        super().__init__(f"{reason} ({url})")
+        self.url, self.status, self.reason, self.excerpt, self.attempts = url, status, reason, excerpt, attempts
+
+    def as_item(self) -> dict[str, Any]:
+        return {"url": self.url, "status": self.status, "reason": self.reason, "excerpt": self.excerpt, "attempts": self.attempts}
+
+
+class AuthFailed(CallFailed):
+    """401/403: the credential is wrong or lacks rights; stop the batch instead of failing every call."""
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, status: int | None = None, excerpt: str = "", retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.status, self.excerpt, self.retry_after = reason, status, excerpt, retry_after
+
+
+@dataclass
+class CallStats:
+    calls: int = 0  # requests sent
+    pages: int = 0  # good pages
+    throttled: int = 0  # 429 answers
+    retries: int = 0  # transient failures retried
+    errors: dict[str, int] = field(default_factory=dict)
+    latency_sum: float = 0.0
+
+    def count_error(self, reason: str) -> None:
+        key = reason.split(":")[0]
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "pages": self.pages,
+            "throttled": self.throttled,
+            "retries": self.retries,
+            "errors": dict(self.errors),
+            "mean_latency_ms": round(1000 * self.latency_sum / self.calls, 1) if self.calls else 0.0,
+        }
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` as seconds: delta-seconds (integer or, leniently, fractional) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def auth_parts(spec: SourceSpec, secret: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(headers, query params) that carry the credential."""
+    if spec.auth is None:
+        return {}, {}
+    if not secret:
+        raise ValueError(f"source {spec.name}: auth is configured but no credential was provided")
+    match spec.auth.type:
+        case "header":
+            return {spec.auth.name: secret}, {}
+        case "bearer":
+            return {"Authorization": f"Bearer {secret}"}, {}
+        case "basic":
+            return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}, {}
+        case "query":
+            return {}, {spec.auth.name: secret}
+    raise AssertionError(spec.auth.type)
+
+
+class Fetcher:
+    """Walks one parent's paginated list. Shared by all coroutines of a worker (one httpx client, keep-alive)."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        http: httpx.AsyncClient,
+        limiter,
+        secret: str | None,
+        deadline: float,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ):
+        self.spec = spec
+        self.http = http
+        self.limiter = limiter
+        self.deadline = deadline  # time.monotonic() value
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.stats = CallStats()
+        self.auth_headers, self.auth_params = auth_parts(spec, secret)
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def first_url(self, level: Level, context: dict[str, dict[str, Any]]) -> paginate.PageRequest:
+        try:
+            path = render(level.path, context, for_path=True)
+            params = {**self.spec.params, **{k: render(v, context, for_path=False) for k, v in level.params.items()}}
+        except TemplateError as exc:
+            raise CallFailed(level.path, None, f"template: {exc}") from None
+        url = path if path.startswith(("http://", "https://")) else self.spec.base_url + "/" + path.lstrip("/")
+        return paginate.first_request(level.pagination, url, params)
+
+    async def fetch_list(self, level: Level, context: dict[str, dict[str, Any]]) -> list[Any]:
+        """Every record of one parent's list for `level`, all pages, in order."""
+        request: paginate.PageRequest | None = self.first_url(level, context)
+        records: list[Any] = []
+        while request is not None:
+            page, request = await self._page(level, request, len(records))
+            records.extend(page)
+        return records
+
+    async def _page(self, level: Level, request: paginate.PageRequest, before: int):
+        attempt = 0
+        while True:
+            try:
+                return await self._try_page(level, request, before)
+            except _Transient as exc:
+                attempt += 1
+                self.stats.count_error(exc.reason)
+                if exc.status == 429:
+                    # throttling is the vendor pacing us, not a fault: the limiter slows the whole fleet and
+                    # we wait as told; only the time budget bounds it
+                    wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                else:
+                    if attempt >= self.spec.retries.max_attempts:
+                        raise CallFailed(
+                            _shown_url(request, hide=tuple(self.auth_params)), exc.status, f"gave up after {attempt} attempts: {exc.reason}", exc.excerpt, attempt
+                        ) from None
+                    wait = max(exc.retry_after or 0.0, self._backoff(attempt))
+                if wait > self.time_left() - 1.0:
+                    raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: no time left to retry ({exc.reason})") from None
+                self.stats.retries += 1
+                await self.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        r = self.spec.retries
+        return self.rng.uniform(0, min(r.max_delay, r.base_delay * (2 ** (attempt - 1))))
+
+    async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
+        if self.time_left() < 1.0:
+            raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
+        await self.limiter.acquire()
+        self.stats.calls += 1
+        t0 = time.monotonic()
+        try:
+            resp = await self.http.get(
+                request.url, params={**request.params, **self.auth_params} or None, headers=self.auth_headers
+            )
+            body_bytes = resp.content
+        except httpx.TimeoutException as exc:
+            raise _Transient(f"timeout: {type(exc).__name__}") from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise _Transient(f"connection: {type(exc).__name__}: {exc}"[:200]) from None
+        finally:
+            self.stats.latency_sum += time.monotonic() - t0
+        status = resp.status_code
+        url = _shown_url(request, resp, tuple(self.auth_params))
+        excerpt = body_bytes[:200].decode("utf-8", "replace")
+        if status == 429:
+            self.stats.throttled += 1
+            retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+            self.limiter.on_throttle(retry_after)
+            raise _Transient("429 Too Many Requests", 429, excerpt, retry_after)
+        if status == 408 or status >= 500:
+            raise _Transient(f"{status} {resp.reason_phrase}", status, excerpt, retry_after_seconds(resp.headers.get("retry-after")))
+        if status in (401, 403):
+            raise AuthFailed(url, status, f"{status} {resp.reason_phrase}: check the credential", excerpt)
+        if status >= 400:
+            raise CallFailed(url, status, f"{status} {resp.reason_phrase}", excerpt)
+        if not 200 <= status < 300:
+            raise CallFailed(url, status, f"unexpected status {status}", excerpt)
+        try:
+            body = json.loads(body_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ctype = resp.headers.get("content-type", "?")
+            raise _Transient(f"body is not JSON (content-type {ctype}, {len(body_bytes)} bytes)", status, excerpt) from None
+        try:
+            page = paginate.records_of(body, level.records, url)
+            nxt = paginate.next_request(level.pagination, request, body, dict(resp.headers), len(page), before + len(page))
+        except paginate.IncompleteListError as exc:
+            raise _Transient(f"incomplete list: {exc}", status, excerpt) from None
+        except paginate.PaginationError as exc:
+            raise CallFailed(url, status, f"unexpected body: {exc}", excerpt) from None
+        self.stats.pages += 1
+        self.limiter.on_success()
+        return page, nxt
+
+
+def _shown_url(request: paginate.PageRequest, resp: httpx.Response | None = None, hide: tuple[str, ...] = ()) -> str:
+    """The URL as sent, for the ledger, without credentials in the query."""
+    url = resp.request.url if resp is not None else httpx.URL(request.url, params=request.params or None)
+    for name in hide:
+        url = url.copy_remove_param(name)
+    return str(url)

@@ -1,0 +1,180 @@
+"""The DynamoDB run ledger (single table). Item layout: docs/architecture.md.
+
+The state machine writes run start and finish itself (direct DynamoDB integration); the workers write batch
+items and failed calls; `advance` writes the per-level counts onto the run item.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+
+#: the table's key schema, shared by the CDK stack and the local engine
+PARTITION_KEY = "pk"
+SORT_KEY = "sk"
+GSI_NAME = "gsi1"
+GSI_PARTITION_KEY = "gsi1pk"
+GSI_SORT_KEY = "gsi1sk"
+TTL_ATTRIBUTE = "expires_at"
+
+
+def run_pk(source: str, run_id: str) -> str:
+    return f"RUN#{source}#{run_id}"
+
+
+def batch_sk(level: int, batch_id: str) -> str:
+    return f"BATCH#{level:02d}#{batch_id}"
+
+
+def expires_at(ttl_days: int, now: float | None = None) -> int:
+    return int((now or time.time()) + ttl_days * 86400)
+
+
+def create_table_kwargs(name: str) -> dict[str, Any]:
+    """`create_table` arguments for the local engine and tests; the CDK stack declares the same schema."""
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": a, "AttributeType": "S"}
+            for a in (PARTITION_KEY, SORT_KEY, GSI_PARTITION_KEY, GSI_SORT_KEY)
+        ],
+        "KeySchema": [
+            {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+            {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": GSI_NAME,
+                "KeySchema": [
+                    {"AttributeName": GSI_PARTITION_KEY, "KeyType": "HASH"},
+                    {"AttributeName": GSI_SORT_KEY, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal: make them JSON-friendly ints/floats."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Ledger:
+    def __init__(self, table):
+        """`table` is a boto3 DynamoDB Table resource."""
+        self.table = table
+
+    # --- runs -------------------------------------------------------------------------------------------------
+    def get_run(self, source: str, run_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"}).get("Item")
+        return _plain(item) if item else None
+
+    def list_runs(self, source: str, limit: int = 20) -> list[dict[str, Any]]:
+        resp = self.table.query(
+            IndexName=GSI_NAME,
+            KeyConditionExpression=Key(GSI_PARTITION_KEY).eq(f"SOURCE#{source}"),
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [_plain(i) for i in resp.get("Items", [])]
+
+    def record_level(self, source: str, run_id: str, level_name: str, counts: dict[str, int], totals: dict[str, int]) -> None:
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET #levels.#name = :counts, totals = :totals",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#levels": "levels", "#name": level_name},
+            ExpressionAttributeValues={":counts": counts, ":totals": totals},
+        )
+
+    def record_attempt_calls(self, source: str, run_id: str, attempt: int, calls: int) -> None:
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET attempt_calls.#a = :c",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#a": str(attempt)},
+            ExpressionAttributeValues={":c": calls},
+        )
+
+    # --- batches ----------------------------------------------------------------------------------------------
+    def get_batch(self, source: str, run_id: str, level: int, batch_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: batch_sk(level, batch_id)}, ConsistentRead=True
+        ).get("Item")
+        return _plain(item) if item else None
+
+    def put_batch(self, source: str, run_id: str, level: int, batch_id: str, fields: dict[str, Any], ttl: int) -> None:
+        item = {
+            PARTITION_KEY: run_pk(source, run_id),
+            SORT_KEY: batch_sk(level, batch_id),
+            "batch_id": batch_id,
+            "level": level,
+            TTL_ATTRIBUTE: ttl,
+            **fields,
+        }
+        self.table.put_item(Item=_dynamo(item))
+
+    def put_failures(
+        self, source: str, run_id: str, level: int, batch_id: str, failures: list[dict[str, Any]], ttl: int
+    ) -> None:
+        """One item per failed call. Numbered within the batch so a rerun overwrites, never piles up."""
+        old = self._query(run_pk(source, run_id), f"FAIL#{level:02d}#{batch_id}#")
+        with self.table.batch_writer() as writer:
+            for n, failure in enumerate(failures):
+                writer.put_item(
+                    Item=_dynamo(
+                        {
+                            PARTITION_KEY: run_pk(source, run_id),
+                            SORT_KEY: f"FAIL#{level:02d}#{batch_id}#{n:05d}",
+                            "batch_id": batch_id,
+                            "level": level,
+                            TTL_ATTRIBUTE: ttl,
+                            **failure,
+                        }
+                    )
+                )
+            for item in old[len(failures) :]:
+                writer.delete_item(Key={PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: item[SORT_KEY]})
+
+    def batches(self, source: str, run_id: str, level: int | None = None) -> list[dict[str, Any]]:
+        prefix = "BATCH#" if level is None else f"BATCH#{level:02d}#"
+        return self._query(run_pk(source, run_id), prefix)
+
+    def failures(self, source: str, run_id: str, level: int | None = None) -> list[dict[str, Any]]:
+        prefix = "FAIL#" if level is None else f"FAIL#{level:02d}#"
+        return self._query(run_pk(source, run_id), prefix)
+
+    def _query(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key(PARTITION_KEY).eq(pk) & Key(SORT_KEY).begins_with(prefix),
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.table.query(**kwargs)
+            items.extend(_plain(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+def _dynamo(value: Any) -> Any:
+    """Floats are not accepted by boto3's DynamoDB serializer: store them as Decimal."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _dynamo(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_dynamo(v) for v in value]
+    return value

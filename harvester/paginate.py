@@ -1,0 +1,148 @@
+"""Pagination styles: given the request just made and its response, what is the next request (or none)?
+
+Each style is a small pure function over (spec, request, response), so unit tests drive them without a server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+from harvester import spec as s
+
+
+class PaginationError(ValueError):
+    """The response does not fit the pagination the spec describes (a permanent error for that call)."""
+
+
+class IncompleteListError(PaginationError):
+    """An empty page arrived before the total the vendor announced: transient, retry the page."""
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    url: str
+    params: dict[str, str] = field(default_factory=dict)
+    number: int = 0  # 0-based page index within one parent's list
+
+
+def extract(body: Any, path: str) -> Any:
+    """Follow a dotted path (`data.items`, `$.data`, `$`) into a JSON body. Integers index lists."""
+    if path in ("$", "", None):
+        return body
+    value = body
+    for part in path.removeprefix("$.").split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and re.fullmatch(r"-?\d+", part) and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(path)
+    return value
+
+
+def records_of(body: Any, path: str, url: str) -> list[Any]:
+    try:
+        records = extract(body, path)
+    except KeyError:
+        keys = list(body)[:8] if isinstance(body, dict) else type(body).__name__
+        raise PaginationError(f"{url}: no records at {path!r} in the response (top-level: {keys})") from None
+    if not isinstance(records, list):
+        raise PaginationError(f"{url}: expected a list of records at {path!r}, got {type(records).__name__}")
+    return records
+
+
+def _optional(body: Any, path: str | None) -> Any:
+    if not path:
+        return None
+    try:
+        return extract(body, path)
+    except KeyError:
+        return None
+
+
+_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+
+
+def next_link(header: str | None) -> str | None:
+    """The `rel="next"` target of an RFC 8288 Link header."""
+    if not header:
+        return None
+    for m in _LINK.finditer(header):
+        params = m.group(2)
+        if re.search(r';\s*rel\s*=\s*"?([^";]*\s)?next(\s[^";]*)?"?', params, re.IGNORECASE):
+            return m.group(1)
+    return None
+
+
+def first_request(pagination: s.Pagination, url: str, params: dict[str, str]) -> PageRequest:
+    p = dict(params)
+    match pagination:
+        case s.PageNumberPagination():
+            p[pagination.page_param] = str(pagination.start)
+            if pagination.size_param:
+                p[pagination.size_param] = str(pagination.size)
+        case s.OffsetPagination():
+            p[pagination.offset_param] = "0"
+            p[pagination.limit_param] = str(pagination.limit)
+        case s.CursorPagination() | s.LinkHeaderPagination() if pagination.size_param and pagination.size:
+            p[pagination.size_param] = str(pagination.size)
+    return PageRequest(url=url, params=p, number=0)
+
+
+def next_request(
+    pagination: s.Pagination,
+    request: PageRequest,
+    body: Any,
+    headers: dict[str, str],
+    n_records: int,
+    fetched_so_far: int,
+) -> PageRequest | None:
+    """The request for the page after `request`, or None when the list is complete.
+
+    `fetched_so_far` counts records of this parent including this page (used with `total_path`).
+    """
+    nxt = request.number + 1
+    match pagination:
+        case s.NoPagination():
+            return None
+        case s.PageNumberPagination() | s.OffsetPagination():
+            size = pagination.size if isinstance(pagination, s.PageNumberPagination) else pagination.limit
+            total = _optional(body, pagination.total_path)
+            if total is not None:
+                if not isinstance(total, int):
+                    raise PaginationError(f"{request.url}: total at {pagination.total_path!r} is not an integer")
+                if fetched_so_far >= total:
+                    return None
+                if n_records == 0:
+                    raise IncompleteListError(
+                        f"{request.url}: empty page {request.number + 1} after {fetched_so_far} of {total} records"
+                    )
+            elif n_records < size:
+                return None
+            p = dict(request.params)
+            if isinstance(pagination, s.PageNumberPagination):
+                p[pagination.page_param] = str(int(p[pagination.page_param]) + 1)
+            else:
+                p[pagination.offset_param] = str(int(p[pagination.offset_param]) + n_records)
+            return PageRequest(url=request.url, params=p, number=nxt)
+        case s.CursorPagination():
+            cursor = _optional(body, pagination.cursor_path)
+            if cursor in (None, "", False):
+                return None
+            if cursor == request.params.get(pagination.cursor_param):
+                raise PaginationError(f"{request.url}: the vendor returned the same cursor twice ({cursor!r})")
+            return PageRequest(url=request.url, params={**request.params, pagination.cursor_param: str(cursor)}, number=nxt)
+        case s.NextUrlPagination():
+            url = _optional(body, pagination.next_url_path)
+            if not url:
+                return None
+            return PageRequest(url=urljoin(request.url, str(url)), params={}, number=nxt)
+        case s.LinkHeaderPagination():
+            url = next_link(headers.get("link"))
+            if not url:
+                return None
+            return PageRequest(url=urljoin(request.url, url), params={}, number=nxt)
+    raise AssertionError(f"unknown pagination {pagination!r}")

@@ -1,0 +1,182 @@
+"""Run-level steps of the workflow: plan a run (validate, write the first manifest) and advance a level.
+
+Both are plain functions over a Store, a Ledger and a spec, so tests call them directly; the Lambda handlers
+in `lambdas/` only wire AWS clients and Powertools around them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from harvester import storage
+from harvester.ledger import Ledger, batch_sk, expires_at, run_pk
+from harvester.spec import SourceSpec, SpecError
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
+COUNTERS = ("calls", "records", "pages", "throttled", "retries", "failures", "failed_batches")
+
+
+class InputError(ValueError):
+    """The execution input is not what the workflow expects."""
+
+
+class RunInput(BaseModel):
+    """Execution input: `{"source": "demo"}`, optionally `"run_id"`, or `"resume": "<run_id>"`."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    run_id: str | None = None
+    resume: str | None = None
+
+    @field_validator("run_id", "resume")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is not None and not RUN_ID.match(v):
+            raise ValueError(f"{v!r} is not a run id (letters, digits, '_', '.', '-'; at most 80)")
+        return v
+
+
+def parse_input(raw: Any) -> RunInput:
+    if not isinstance(raw, dict):
+        raise InputError(f'execution input must be a JSON object like {{"source": "demo"}}, got {type(raw).__name__}')
+    try:
+        parsed = RunInput.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise InputError(f'bad execution input ({problems}); expected {{"source": "<name>"}} '
+                         f'with optional "run_id" or "resume"') from None
+    if parsed.run_id and parsed.resume:
+        raise InputError('give either "run_id" (a new run) or "resume" (an earlier run), not both')
+    return parsed
+
+
+def default_run_id(start_time: str, execution_name: str) -> str:
+    started = datetime.fromisoformat(start_time.replace("Z", "+00:00")).astimezone(timezone.utc)
+    suffix = re.sub(r"[^A-Za-z0-9]", "", execution_name)[:8] or "run"
+    return f"{started:%Y%m%dT%H%M%SZ}-{suffix}"
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail early, before anything is written, when the vendor's host does not answer at all."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise SpecError(f"base_url {url} does not answer ({parts.hostname}:{port}: {exc})") from None
+
+
+def plan_run(
+    raw_input: Any,
+    execution_name: str,
+    start_time: str,
+    *,
+    load_spec: Callable[[str], SourceSpec],
+    resolve_secret: Callable[[SourceSpec], str | None],
+    store: storage.Store,
+    ledger: Ledger,
+    check_url: Callable[[str], None] = check_reachable,
+) -> dict[str, Any]:
+    """Validate everything, then write the spec and the level-0 manifest. Nothing is written on a bad input."""
+    req = parse_input(raw_input)
+    spec = load_spec(req.source)
+    if spec.auth is not None:
+        resolve_secret(spec)  # raises SpecError naming the variable or secret
+    check_url(spec.base_url)
+
+    attempt = 1
+    if req.resume:
+        prior = ledger.get_run(spec.name, req.resume)
+        if prior is None:
+            raise InputError(f"cannot resume run {req.resume!r} of source {spec.name!r}: the ledger has no such run")
+        if prior.get("status") == "RUNNING":
+            raise InputError(f"run {req.resume!r} is still RUNNING; wait for it to end (or stop its execution) first")
+        run_id, attempt = req.resume, int(prior.get("attempt", 1)) + 1
+    else:
+        run_id = req.run_id or default_run_id(start_time, execution_name)
+        if ledger.get_run(spec.name, run_id) is not None:
+            raise InputError(f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}')
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run = {
+        "source": spec.name,
+        "run_id": run_id,
+        "attempt": attempt,
+        "resumed": bool(req.resume),
+        "spec_key": storage.spec_key(spec.name, run_id),
+        "spec_hash": spec.spec_hash(),
+        "started_at": started,
+        "expires_at": expires_at(spec.ttl_days),
+        # precomputed ledger keys, so the workflow's DynamoDB tasks need no string building
+        "pk": run_pk(spec.name, run_id),
+        "gsi1pk": f"SOURCE#{spec.name}",
+        "gsi1sk": f"{started}#{run_id}",
+        "expires_at_str": str(expires_at(spec.ttl_days)),
+        "attempt_str": str(attempt),
+    }
+    store.put_json(run["spec_key"], spec.model_dump(mode="json"))
+    manifest = [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
+    key = storage.manifest_key(spec.name, run_id, 0)
+    store.put_json(key, manifest)
+    return {
+        "run": run,
+        "level": _level_state(spec, 0, key, manifest),
+        "totals": {c: 0 for c in COUNTERS} | {"attempt_calls": 0},
+    }
+
+
+def _level_state(spec: SourceSpec, index: int, manifest_key: str, manifest: list[dict]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "name": spec.levels[index].name,
+        "count": len(spec.levels),
+        "manifest_key": manifest_key,
+        "batches": len(manifest),
+        "parents": sum(len(item["parents"]) for item in manifest),
+        "max_concurrency": max(1, min(spec.max_concurrency, len(manifest))),
+        "done": False,
+    }
+
+
+def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Store, ledger: Ledger) -> dict[str, Any]:
+    """Total the finished level from the ledger and write the next level's manifest from the batches' children."""
+    run, level = state["run"], state["level"]
+    source, run_id, index, attempt = run["source"], run["run_id"], level["index"], str(run["attempt"])
+    batches = ledger.batches(source, run_id, index)
+    missing = max(0, level["batches"] - len(batches))  # a batch that died before writing anything
+    counts = {
+        "parents": level["parents"],
+        "batches": level["batches"],
+        "calls": sum(b.get("calls", 0) for b in batches),
+        "records": sum(b.get("records", 0) for b in batches),
+        "pages": sum(b.get("pages", 0) for b in batches),
+        "throttled": sum(b.get("throttled", 0) for b in batches),
+        "retries": sum(b.get("retries", 0) for b in batches),
+        "failures": sum(b.get("failures", 0) for b in batches),
+        "failed_batches": missing + sum(1 for b in batches if b.get("status") != "SUCCEEDED"),
+    }
+    attempt_calls = sum((b.get("calls_by_attempt") or {}).get(attempt, 0) for b in batches)
+    totals = {c: state["totals"].get(c, 0) + counts.get(c, 0) for c in COUNTERS}
+    totals["attempt_calls"] = state["totals"].get("attempt_calls", 0) + attempt_calls
+    ledger.record_level(source, run_id, level["name"], counts, totals)
+    ledger.record_attempt_calls(source, run_id, run["attempt"], totals["attempt_calls"])
+
+    nxt = index + 1
+    if nxt >= len(spec.levels):
+        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
+    manifest: list[dict[str, Any]] = []
+    for items in store.get_many_json(store.list_keys(storage.children_prefix(source, run_id, nxt))):
+        manifest.extend(items)
+    if not manifest:
+        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
+    key = storage.manifest_key(source, run_id, nxt)
+    store.put_json(key, manifest)
+    return {**state, "level": _level_state(spec, nxt, key, manifest), "totals": totals, "last_level": counts}

@@ -1,0 +1,319 @@
+"""The declarative source spec: what a data engineer writes instead of code.
+
+A spec is a YAML file (see `sources/`). It is validated with pydantic and every problem is reported as
+`SpecError` naming the file, the field and what was expected, before any request or write happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harvester.template import TemplateError, references
+
+
+class SpecError(ValueError):
+    """A source spec is invalid. The message names the file, the field and the problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pagination styles
+# ---------------------------------------------------------------------------------------------------------------
+class NoPagination(_Model):
+    type: Literal["none"]
+
+
+class PageNumberPagination(_Model):
+    """`?page=1&per_page=100`; stops on a short or empty page, or when `total_path` says all are fetched."""
+
+    type: Literal["page_number"]
+    page_param: str = "page"
+    size_param: str | None = "per_page"
+    size: int = Field(100, gt=0)
+    start: int = Field(1, ge=0)
+    total_path: str | None = None
+
+
+class OffsetPagination(_Model):
+    """`?offset=0&limit=100`; stops on a short or empty page, or when `total_path` says all are fetched."""
+
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = Field(100, gt=0)
+    total_path: str | None = None
+
+
+class CursorPagination(_Model):
+    """The body names the cursor of the next page (`cursor_path`); it is sent back as `cursor_param`."""
+
+    type: Literal["cursor"]
+    cursor_param: str = "cursor"
+    cursor_path: str
+    size_param: str | None = None
+    size: int | None = Field(None, gt=0)
+
+
+class NextUrlPagination(_Model):
+    """The body holds the absolute (or relative) URL of the next page."""
+
+    type: Literal["next_url"]
+    next_url_path: str
+
+
+class LinkHeaderPagination(_Model):
+    """RFC 8288 `Link: <url>; rel="next"` header (GitHub style)."""
+
+    type: Literal["link_header"]
+    size_param: str | None = None
+    size: int | None = Field(None, gt=0)
+
+
+Pagination = Annotated[
+    Union[
+        NoPagination,
+        PageNumberPagination,
+        OffsetPagination,
+        CursorPagination,
+        NextUrlPagination,
+        LinkHeaderPagination,
+    ],
+    Field(discriminator="type"),
+]
+
+COLUMN_TYPES = re.compile(r"^(string|int64|float64|bool|timestamp\[(s|ms|us|ns)\]|decimal\(\d+,\s*\d+\))$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the spec
+# ---------------------------------------------------------------------------------------------------------------
+class Auth(_Model):
+    """Where the credential goes. Its value never lives in the spec: locally it is read from the environment
+    variable `env`; on AWS from the Secrets Manager secret `secret` (default `harvester/{source name}`)."""
+
+    type: Literal["header", "bearer", "query", "basic"] = "header"
+    name: str = "X-Api-Key"  # header name (header), query parameter name (query); ignored for bearer/basic
+    env: str
+    secret: str | None = None
+
+
+class RateLimit(_Model):
+    requests_per_second: float = Field(gt=0)
+    burst: int = Field(5, ge=1)
+
+
+class Timeouts(_Model):
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(30.0, gt=0)
+
+
+class Retries(_Model):
+    """Retries of transient errors (429, 5xx, timeouts, resets) inside the worker."""
+
+    max_attempts: int = Field(8, ge=1)
+    base_delay: float = Field(0.2, ge=0)
+    max_delay: float = Field(30.0, gt=0)
+
+
+class Schedule(_Model):
+    cron: str
+    timezone: str = "UTC"
+    enabled: bool = True
+
+
+class Level(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    alias: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
+    path: str
+    params: dict[str, str] = Field(default_factory=dict)
+    records: str = "$"
+    primary_key: list[str] | None = None
+    pagination: Pagination = Field(default_factory=lambda: NoPagination(type="none"))
+    batch_size: int = Field(25, gt=0, le=1000)
+    time_field: str | None = None
+    types: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: dict[str, str]) -> dict[str, str]:
+        for column, typ in v.items():
+            if not COLUMN_TYPES.match(typ):
+                raise ValueError(
+                    f"type {typ!r} of column {column!r} is not one of string, int64, float64, bool, "
+                    "timestamp[s|ms|us|ns], decimal(p,s)"
+                )
+        return v
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names a template may use for this level's records."""
+        return (self.name, self.alias) if self.alias else (self.name,)
+
+
+class SourceSpec(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    description: str = ""
+    base_url: str
+    auth: Auth | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict)
+    rate_limit: RateLimit | None = None
+    max_concurrency: int = Field(4, ge=1, le=1000)
+    max_in_flight: int | None = Field(None, ge=1, le=256)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retries: Retries = Field(default_factory=Retries)
+    ttl_days: int = Field(90, ge=1)
+    schedule: Schedule | None = None
+    levels: list[Level] = Field(min_length=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"base_url must start with http:// or https:// and a host, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _templates_refer_to_ancestors(self) -> "SourceSpec":
+        seen: dict[str, int] = {}
+        for i, level in enumerate(self.levels):
+            for n in level.names:
+                if n in seen:
+                    raise ValueError(f"levels[{i}]: name {n!r} is already used by levels[{seen[n]}]")
+            for where, text in [("path", level.path), *[(f"params.{k}", v) for k, v in level.params.items()]]:
+                try:
+                    refs = references(text)
+                except TemplateError as exc:
+                    raise ValueError(f"levels[{i}].{where}: {exc}") from None
+                for ref_level, _field in refs:
+                    if ref_level not in seen:
+                        ancestors = [n for lv in self.levels[:i] for n in lv.names]
+                        raise ValueError(
+                            f"levels[{i}].{where}: {{{ref_level}.{_field}}} does not name an ancestor level "
+                            f"(ancestors: {ancestors or 'none, this is the first level'})"
+                        )
+            if i < len(self.levels) - 1 and not level.primary_key:
+                raise ValueError(f"levels[{i}] ({level.name}): primary_key is required on every level that has children")
+            for n in level.names:
+                seen[n] = i
+        return self
+
+    # --- derived --------------------------------------------------------------------------------------------
+    def level_index(self, name: str) -> int:
+        for i, level in enumerate(self.levels):
+            if name in level.names:
+                return i
+        raise KeyError(name)
+
+    def context_fields(self, index: int) -> list[str]:
+        """Fields of level `index`'s records that descendants need: its primary key and every templated field."""
+        level = self.levels[index]
+        fields = list(level.primary_key or [])
+        for child in self.levels[index + 1 :]:
+            for text in [child.path, *child.params.values()]:
+                for ref_level, field in references(text):
+                    if ref_level in level.names and field not in fields:
+                        fields.append(field)
+        return fields
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def secret_name(self) -> str:
+        return (self.auth.secret if self.auth and self.auth.secret else None) or f"harvester/{self.name}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str, where: str) -> str:
+    """`${VAR}` / `${VAR:-default}` in base_url lets one spec point at a local vendor or the real one."""
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1), m.group(2))
+        if value is None:
+            raise SpecError(f"{where}: environment variable {m.group(1)} is not set and has no default")
+        return value
+
+    return _ENV.sub(sub, text)
+
+
+def _format_errors(origin: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part in {"none", "page_number", "offset", "cursor", "next_url", "link_header"} and loc.endswith(
+                "pagination"
+            ):
+                continue  # pydantic adds the union member's tag to the location
+            else:
+                loc += f".{part}" if loc else str(part)
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if err["type"] in {"missing", "value_error"} or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{origin}: {loc or '(top level)'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, origin: str = "<spec>") -> SourceSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    if isinstance(data.get("base_url"), str):
+        data["base_url"] = _expand_env(data["base_url"], f"{origin}: base_url")
+    try:
+        return SourceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(origin, exc)) from None
+
+
+def load_spec(path: str | Path) -> SourceSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, str(path))
+
+
+def find_spec(sources_dir: str | Path, source: str) -> SourceSpec:
+    """The spec of `source` in a folder of specs (`{source}.yaml` or `.yml`), checked to carry that name."""
+    if not re.match(r"^[a-z][a-z0-9-]{0,40}$", source or ""):
+        raise SpecError(f"source {source!r} is not a valid source name (lowercase letters, digits, '-')")
+    folder = Path(sources_dir)
+    for suffix in (".yaml", ".yml"):
+        path = folder / f"{source}{suffix}"
+        if path.exists():
+            spec = load_spec(path)
+            if spec.name != source:
+                raise SpecError(f"{path}: name is {spec.name!r} but the file is for source {source!r}")
+            return spec
+    known = sorted(p.stem for p in folder.glob("*.y*ml"))
+    raise SpecError(f"unknown source {source!r}: no {source}.yaml in {folder} (known sources: {known})")

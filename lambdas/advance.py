@@ -1,0 +1,21 @@
+"""Advance level: total the finished level in the ledger, write the next level's manifest."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from harvester import aws
+from harvester.run import advance_level
+
+logger = Logger()
+tracer = Tracer()
+
+
+@logger.inject_lambda_context(correlation_id_path="run.run_id")
+@tracer.capture_lambda_handler
+def handler(event: dict, context: LambdaContext) -> dict:
+    spec = aws.run_spec(event["run"]["spec_key"])
+    state = advance_level(event, spec=spec, store=aws.store(), ledger=aws.ledger())
+    logger.info("level done", extra={"level": event["level"]["name"], "counts": state["last_level"]})
+    return state

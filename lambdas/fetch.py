@@ -1,0 +1,84 @@
+"""Fetch batch: every page for a batch of parents; records to raw/, the next level's items to runs/."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from harvester import aws
+from harvester.ratelimit import limiter_for
+from harvester.secrets import resolve_secret
+from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+__all__ = ["handler", "BatchFailed", "BatchIncomplete"]
+
+#: seconds kept back from the Lambda deadline for writing results
+RESERVE_SECONDS = 10.0
+
+
+class FetchEvent(BaseModel):
+    run: dict[str, Any]
+    level: int
+    batch: dict[str, Any]
+
+
+def time_budget(context: LambdaContext) -> float:
+    override = os.environ.get("HARVESTER_BATCH_SECONDS")
+    if override:
+        return float(override)
+    return max(5.0, context.get_remaining_time_in_millis() / 1000 - RESERVE_SECONDS)
+
+
+@logger.inject_lambda_context(correlation_id_path="run.run_id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=FetchEvent)
+def handler(event: FetchEvent, context: LambdaContext) -> dict:
+    spec = aws.run_spec(event.run["spec_key"])
+    level = spec.levels[event.level]
+    logger.append_keys(source=spec.name, level=level.name, batch_id=event.batch["batch_id"])
+    metrics.add_dimension(name="source", value=spec.name)
+    metrics.add_dimension(name="level", value=level.name)
+    limiter = limiter_for(
+        spec.name,
+        spec.rate_limit.requests_per_second if spec.rate_limit else None,
+        spec.rate_limit.burst if spec.rate_limit else 1,
+        table=aws.table(),
+    )
+
+    async def work() -> dict:
+        try:
+            return await harvest_batch(
+                spec, event.run, event.level, event.batch,
+                store=aws.store(), ledger=aws.ledger(), limiter=limiter,
+                secret=resolve_secret(spec), time_budget=time_budget(context),
+            )
+        finally:
+            await limiter.close()
+
+    try:
+        result = asyncio.run(work())
+    except (BatchIncomplete, BatchFailed) as exc:
+        logger.warning(str(exc), extra={"error": type(exc).__name__})
+        raise
+    finally:
+        for name, value in limiter.stats().items():
+            if isinstance(value, (int, float)) and name in ("tokens_granted", "waits", "throttles"):
+                metrics.add_metric(name=f"Limiter_{name}", unit=MetricUnit.Count, value=value)
+    stats = result.get("call_stats", {})
+    metrics.add_metric(name="Calls", unit=MetricUnit.Count, value=stats.get("calls", 0))
+    metrics.add_metric(name="Throttled", unit=MetricUnit.Count, value=stats.get("throttled", 0))
+    metrics.add_metric(name="Retries", unit=MetricUnit.Count, value=stats.get("retries", 0))
+    metrics.add_metric(name="Records", unit=MetricUnit.Count, value=result.get("records", 0))
+    logger.info("batch done", extra={k: v for k, v in result.items() if k != "calls_by_attempt"})
+    return {k: result[k] for k in ("batch_id", "status", "records", "calls") if k in result}
