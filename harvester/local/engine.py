@@ -1,0 +1,277 @@
+"""The local engine: the very same workflow definition, run by moto's Step Functions executor.
+
+- the definition is `statemachines/harvest.asl.json` after the substitutions CDK makes (same keys);
+- Lambda tasks are dispatched in-process to the real handlers in `lambdas/`;
+- S3, DynamoDB (and Secrets Manager) are moto's, in memory; `LocalState` mirrors them to a folder after every
+  command and loads them back before the next, so a failed or interrupted run can be resumed later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+
+from harvester import definition
+from harvester.ledger import Ledger, create_table_kwargs
+from harvester.local import moto_patches
+from harvester.spec import SourceSpec
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+BUCKET = "harvester-local"
+TABLE = "harvester-ledger"
+STATE_MACHINE = "harvester-harvest"
+
+#: function name -> (handler "module:function", timeout seconds); the stack deploys the same three
+FUNCTIONS = {
+    "plan": ("lambdas.plan:handler", 300),
+    "fetch": ("lambdas.fetch:handler", 900),
+    "advance": ("lambdas.advance:handler", 600),
+}
+
+
+def function_arn(name: str) -> str:
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:harvester-{name}"
+
+
+def substitutions() -> dict[str, str]:
+    """What CDK substitutes on AWS, with local names."""
+    return {
+        "PlanFunctionArn": function_arn("plan"),
+        "FetchFunctionArn": function_arn("fetch"),
+        "AdvanceFunctionArn": function_arn("advance"),
+        "BucketName": BUCKET,
+        "LedgerTableName": TABLE,
+    }
+
+
+def rendered_definition(path: Path = definition.DEFINITION_PATH) -> str:
+    return moto_patches.float_tolerances(definition.render(definition.load(path), substitutions()))
+
+
+@dataclass
+class FakeContext:
+    """The parts of Lambda's context object the handlers and Powertools use."""
+
+    function_name: str
+    timeout: float
+    memory_limit_in_mb: int = 1024
+
+    def __post_init__(self):
+        self._deadline = time.monotonic() + self.timeout
+        self.aws_request_id = uuid.uuid4().hex
+        self.invoked_function_arn = function_arn(self.function_name.removeprefix("harvester-"))
+        self.function_version = "$LATEST"
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class Dispatcher:
+    """Routes a Lambda ARN to the real handler; counts invocations (tests read them)."""
+
+    def __init__(self):
+        self.handlers: dict[str, tuple[Callable, float]] = {}
+        self.invocations: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.hooks: list[Callable[[str, dict], None]] = []  # tests inject faults here (e.g. a killed worker)
+        for name, (target, timeout) in FUNCTIONS.items():
+            module, func = target.split(":")
+            self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
+
+    def __call__(self, arn: str, event: dict) -> Any:
+        handler, timeout = self.handlers[arn]
+        name = arn.rsplit(":", 1)[-1]
+        with self._lock:
+            self.invocations[name] = self.invocations.get(name, 0) + 1
+        for hook in self.hooks:
+            hook(name, event)
+        return handler(event, FakeContext(name, timeout))
+
+
+class LocalState:
+    """Mirrors the local bucket and ledger to a folder: `bucket/` (every object, raw output included) and
+    `ledger.jsonl` (every ledger item)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.bucket_dir = self.folder / "bucket"
+        self.ledger_file = self.folder / "ledger.jsonl"
+
+    def load(self, s3, table) -> None:
+        if self.bucket_dir.exists():
+            for path in sorted(self.bucket_dir.rglob("*")):
+                if path.is_file():
+                    s3.put_object(Bucket=BUCKET, Key=path.relative_to(self.bucket_dir).as_posix(), Body=path.read_bytes())
+        if self.ledger_file.exists():
+            with table.batch_writer() as writer:
+                for line in self.ledger_file.read_text().splitlines():
+                    if line.strip():
+                        writer.put_item(Item=json.loads(line, parse_float=Decimal, parse_int=Decimal))
+
+    def save(self, s3, table) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "bucket.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for obj in page.get("Contents", []):
+                target = tmp / obj["Key"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
+        shutil.rmtree(self.bucket_dir, ignore_errors=True)
+        if tmp.exists():
+            tmp.rename(self.bucket_dir)
+        items, kwargs = [], {}
+        while True:
+            resp = table.scan(**kwargs)
+            items.extend(resp["Items"])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        lines = [json.dumps(i, default=_decimal, sort_keys=True) for i in items]
+        part = self.ledger_file.with_suffix(".tmp")
+        part.write_text("\n".join(lines) + ("\n" if lines else ""))
+        part.replace(self.ledger_file)
+
+
+def _decimal(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(type(value).__name__)
+
+
+class LocalEngine:
+    """Context manager: moto up, patches in, bucket/table/state machine created, state loaded; saved on exit."""
+
+    def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True):
+        self.state = LocalState(Path(state_dir))
+        self.batch_seconds = batch_seconds
+        self.quiet = quiet
+        self._stack = ExitStack()
+        self._sources_dir = Path(tempfile.mkdtemp(prefix="harvester-sources-"))
+        self.dispatcher: Dispatcher | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def __enter__(self) -> "LocalEngine":
+        from moto import mock_aws
+
+        env = {
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_SESSION_TOKEN": "local",
+            "HARVESTER_BUCKET": BUCKET,
+            "HARVESTER_TABLE": TABLE,
+            "HARVESTER_SOURCES_DIR": str(self._sources_dir),
+            "POWERTOOLS_SERVICE_NAME": "harvester",
+            "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+        if self.quiet:
+            env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+        if self.batch_seconds:
+            env["HARVESTER_BATCH_SECONDS"] = str(self.batch_seconds)
+        self._saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        self._stack.callback(self._restore_env)
+        self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
+        # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
+        warnings.filterwarnings("ignore", module="aws_lambda_powertools")
+        self.dispatcher = Dispatcher()
+        moto_patches.install_all(self.dispatcher)
+        self.s3 = boto3.client("s3", region_name=REGION)
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.dynamodb = boto3.client("dynamodb", region_name=REGION)
+        self.s3.create_bucket(Bucket=BUCKET)
+        self.dynamodb.create_table(**create_table_kwargs(TABLE))
+        self.table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
+        self.ledger = Ledger(self.table)
+        self.state.load(self.s3, self.table)
+        self.state_machine_arn = self.sfn.create_state_machine(
+            name=STATE_MACHINE,
+            definition=rendered_definition(),
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
+            type="STANDARD",
+        )["stateMachineArn"]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.save()
+        finally:
+            self._stack.close()
+            shutil.rmtree(self._sources_dir, ignore_errors=True)
+
+    def _restore_env(self) -> None:
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def save(self) -> None:
+        self.state.save(self.s3, self.table)
+
+    # --- runs -------------------------------------------------------------------------------------------------
+    def add_source(self, spec_path: Path, spec: SourceSpec) -> None:
+        """Make a spec file visible to the plan step under its source name, wherever the file lives."""
+        shutil.copyfile(spec_path, self._sources_dir / f"{spec.name}.yaml")
+
+    def start(self, execution_input: dict[str, Any]) -> str:
+        return self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=uuid.uuid4().hex, input=json.dumps(execution_input)
+        )["executionArn"]
+
+    def wait(
+        self, execution_arn: str, *, timeout: float = 3600, poll: float = 0.5, progress: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            desc = self.sfn.describe_execution(executionArn=execution_arn)
+            if desc["status"] != "RUNNING":
+                if desc["status"] == "SUCCEEDED" and "output" not in desc:
+                    time.sleep(poll)  # moto says SUCCEEDED a moment before the output is set
+                    desc = self.sfn.describe_execution(executionArn=execution_arn)
+                return desc
+            if time.monotonic() > deadline:
+                self.sfn.stop_execution(executionArn=execution_arn, error="Local.Timeout", cause=f"over {timeout}s")
+                raise TimeoutError(f"execution did not finish within {timeout} s")
+            if progress:
+                progress()
+            time.sleep(poll)
+
+    def run(self, execution_input: dict[str, Any], **wait_kwargs) -> dict[str, Any]:
+        return self.wait(self.start(execution_input), **wait_kwargs)
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        events, kwargs = [], {}
+        while True:
+            resp = self.sfn.get_execution_history(executionArn=execution_arn, **kwargs)
+            events.extend(resp["events"])
+            if not resp.get("nextToken"):
+                return events
+            kwargs["nextToken"] = resp["nextToken"]
+
+    def run_id_of(self, execution_arn: str, source: str) -> str | None:
+        """The run id an execution worked on: from the ledger item that names the execution."""
+        for run in self.ledger.list_runs(source, limit=100):
+            if run.get("execution_arn") == execution_arn:
+                return run["run_id"]
+        return None
