@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -194,6 +195,7 @@ class LocalEngine:
         self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
         # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
         warnings.filterwarnings("ignore", module="aws_lambda_powertools")
+        logging.getLogger("moto").setLevel(logging.CRITICAL)  # the executor logs every caught error at length
         self.dispatcher = Dispatcher()
         moto_patches.install_all(self.dispatcher)
         self.s3 = boto3.client("s3", region_name=REGION)

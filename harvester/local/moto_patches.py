@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import traceback
 
 # One process-wide lock for every DynamoDB item write/read in moto (NOTES P6).
 _DYNAMODB_LOCK = threading.RLock()
@@ -69,7 +70,12 @@ def install_lambda_dispatch(dispatch) -> None:
                 "StatusCode": 200,
                 "FunctionError": "Unhandled",
                 "ExecutedVersion": "$LATEST",
-                "Payload": {"errorType": type(exc).__name__, "errorMessage": str(exc)},
+                # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
+                "Payload": {
+                    "errorType": type(exc).__name__,
+                    "errorMessage": str(exc),
+                    "stackTrace": traceback.format_tb(exc.__traceback__)[-4:],
+                },
             }
         # a JSON round trip, as Lambda serialises the result (tuples become lists, no Python objects leak)
         return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(json.dumps(result))}
