@@ -90,7 +90,7 @@ def compact_partition(
         table = pa.concat_tables([conform(f.read(), schema) for f in files])
         del files, blobs
         if table.num_rows > 1 and tcol in table.column_names:
-            table = table.take(pc.sort_indices(table[tcol], sort_keys=[(tcol, "ascending")]))
+            table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
         tables = iter([table])
     else:  # too big to sort at once: concatenate the (individually sorted) staging files in key order
         tables = (conform(f.read(), schema) for f in files)
@@ -169,6 +169,7 @@ def convert_run(
     run_date: str | None = None,
     expires_at: int | None = None,
     cleanup: bool = True,
+    row_group_rows: int = ROW_GROUP_ROWS,
 ) -> dict:
     """The whole convert stage in one process (local engine, tests): plan, convert groups, commit partitions."""
     from .convert import DEFAULT_GROUP_BYTES, convert_group, plan_conversion
@@ -185,7 +186,8 @@ def convert_run(
             bad["by_field"][f] = bad["by_field"].get(f, 0) + n
         if res["report_key"]:
             bad["report_keys"].append(res["report_key"])
-    committed = [compact_partition(store, index, target_bytes=target_bytes, expires_at=expires_at, **item)
+    committed = [compact_partition(store, index, target_bytes=target_bytes, expires_at=expires_at,
+                                   row_group_rows=row_group_rows, **item)
                  for item in plan_compaction(store, source=source, run_id=run_id)]
     if cleanup:
         cleanup_staging(store, source=source, run_id=run_id)

@@ -214,7 +214,7 @@ def convert_table(
         table = table.append_column(pa.field(tcol, resolved.get(tcol, resolved[FETCHED_AT])),
                                     pa.nulls(table.num_rows, resolved.get(tcol, resolved[FETCHED_AT])))
     if table.num_rows > 1:
-        table = table.take(pc.sort_indices(table[tcol], sort_keys=[(tcol, "ascending")]))
+        table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
     return table, bad
 
 

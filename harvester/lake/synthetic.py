@@ -117,3 +117,13 @@ def warrior_table(warriors: int = 2000, run_id: str = "r1") -> pa.Table:
         "_run_id": [run_id] * warriors,
         "_level": ["warriors"] * warriors,
     })
+
+
+def create_ledger_table(dynamodb, name: str) -> None:
+    """The single table's key schema (pk/sk strings) for tests on moto."""
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )

@@ -1,0 +1,621 @@
+"""Fan-out query engine over the lake: plan (index look-up) -> partial aggregates per worker -> reduce -> result.
+
+Query (a plain dict, JSON in the state machine):
+
+```json
+{"source": "demo", "level": "points",
+ "start": "2026-11-20T00:00:00Z", "end": "2026-11-21T00:00:00Z",          # [start, end) on the time column
+ "filters": [{"column": "status", "op": "!=", "value": "degraded"},
+             {"column": "warriors.firmware", "op": "in", "value": ["1.3.1", "2.0.0"]}],
+ "group_by": ["warriors.firmware"],                                        # "col" or "<ancestor level>.col"
+ "aggregates": [{"op": "count"},
+                {"op": "share", "column": "status", "equals": "up", "as": "uptime"},
+                {"op": "mean", "column": "value"}],
+ "ancestor_keys": {"warriors": "id"}}                                       # key field of an ancestor (default "id")
+```
+
+* A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the warrior of the same
+  run whose key field equals the point's ``_lineage__warriors``. The worker first aggregates by
+  (lineage key, run), then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
+* Filters: ``= != < <= > >= in not_in is_null not_null``; SQL semantics (a null never matches a comparison).
+* Aggregates: ``count`` (rows, or non-null values of ``column``), ``sum``, ``min``, ``max``, ``mean``,
+  ``share`` = (rows where column == equals) / (rows where column is not null), like
+  ``avg((column = equals)::int)`` in SQL. Partials carry numerators and denominators so they merge exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import layout
+from .index import FileIndex
+from .schema import SEP, conform, lineage_column, unify
+from .store import Store
+from .timeutil import from_units, iso, parse_instant, to_units
+
+AGG_OPS = {"count", "sum", "min", "max", "mean", "share"}
+FILTER_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null"}
+RUN = "_run_id"
+_MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "eqsum": "sum", "min": "min", "max": "max"}
+
+
+class QueryError(ValueError):
+    """The query is malformed (names the field and the problem)."""
+
+
+# ---------------------------------------------------------------- query normalisation
+
+
+def _colref(ref, ancestor_keys: dict[str, str]) -> dict:
+    if isinstance(ref, dict):
+        level, column = ref.get("level"), ref.get("column")
+        if not column:
+            raise QueryError(f"column reference {ref!r} needs a 'column'")
+    elif isinstance(ref, str) and ref:
+        level, _, column = ref.rpartition(".")
+        level = level or None
+    else:
+        raise QueryError(f"bad column reference {ref!r}")
+    column = column.replace(".", SEP)
+    name = f"{level}.{column}" if level else column
+    out = {"name": name, "level": level, "column": column}
+    if level:
+        out["key"] = (ref.get("key") if isinstance(ref, dict) else None) or ancestor_keys.get(level, "id")
+    return out
+
+
+def normalize_query(query: dict) -> dict:
+    """Validate and fill defaults; the result is what workers receive. Adds a deterministic ``query_id``."""
+    if not isinstance(query, dict):
+        raise QueryError("query must be an object")
+    if query.get("normalized"):
+        return json.loads(json.dumps(query))
+    for f in ("source", "level"):
+        if not query.get(f):
+            raise QueryError(f"'{f}' is required")
+    keys = dict(query.get("ancestor_keys") or {})
+    start, end = parse_instant(query.get("start")), parse_instant(query.get("end"))
+    if start and end and end < start:
+        raise QueryError("'end' is before 'start'")
+    group_by = [_colref(g, keys) for g in query.get("group_by") or []]
+    filters = []
+    for f in query.get("filters") or []:
+        op = f.get("op", "=")
+        if op not in FILTER_OPS:
+            raise QueryError(f"filter op {op!r} is not one of {sorted(FILTER_OPS)}")
+        if op in ("in", "not_in") and not isinstance(f.get("value"), list):
+            raise QueryError(f"filter op {op!r} needs a list value")
+        filters.append({**_colref(f.get("column"), keys), "op": "=" if op == "==" else op, "value": f.get("value")})
+    aggregates = []
+    for a in query.get("aggregates") or [{"op": "count"}]:
+        op = a.get("op")
+        if op not in AGG_OPS:
+            raise QueryError(f"aggregate op {op!r} is not one of {sorted(AGG_OPS)}")
+        col = a.get("column")
+        if op != "count" and not col:
+            raise QueryError(f"aggregate {op!r} needs a 'column'")
+        if op == "share" and "equals" not in a:
+            raise QueryError("aggregate 'share' needs 'equals'")
+        if col and "." in col:
+            raise QueryError(f"aggregate column {col!r}: aggregates read the queried level's own columns")
+        col = col.replace(".", SEP) if col else None
+        default = op if not col else f"{op}_{col}" + (f"_{a['equals']}" if op == "share" else "")
+        aggregates.append({"op": op, "column": col, "equals": a.get("equals"), "as": a.get("as") or default})
+    names = [g["name"] for g in group_by] + [a["as"] for a in aggregates]
+    if len(set(names)) != len(names):
+        raise QueryError(f"output column names collide: {names}")
+    q = {
+        "source": query["source"], "level": query["level"],
+        "start": iso(start), "end": iso(end),
+        "time_column": query.get("time_column"),
+        "filters": filters, "group_by": group_by, "aggregates": aggregates,
+    }
+    q["query_id"] = query.get("query_id") or hashlib.sha256(json.dumps(q, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    q["parts"] = _parts(q)
+    q["normalized"] = True
+    return q
+
+
+def _parts(q: dict) -> list[dict]:
+    """Mergeable partial columns the aggregates need (deduplicated)."""
+    parts: dict[tuple, dict] = {}
+
+    def need(kind, column=None, equals=None):
+        k = (kind, column, json.dumps(equals))
+        if k not in parts:
+            parts[k] = {"name": f"__p{len(parts)}", "kind": kind, "column": column, "equals": equals}
+        return parts[k]["name"]
+
+    for a in q["aggregates"]:
+        op, c = a["op"], a["column"]
+        if op == "count":
+            a["_parts"] = [need("count", c)] if c else [need("count_all")]
+        elif op in ("sum", "min", "max"):
+            a["_parts"] = [need(op, c)]
+        elif op == "mean":
+            a["_parts"] = [need("sum", c), need("count", c)]
+        else:  # share
+            a["_parts"] = [need("eqsum", c, a["equals"]), need("count", c)]
+    return list(parts.values())
+
+
+def _ancestor_levels(q: dict) -> dict[str, str]:
+    out = {}
+    for ref in q["group_by"] + q["filters"]:
+        if ref["level"]:
+            out[ref["level"]] = ref["key"]
+    return out
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan_query(
+    index: FileIndex,
+    query: dict,
+    *,
+    max_task_bytes: int = 512 * 1024 * 1024,
+    max_task_files: int = 32,
+) -> dict:
+    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run."""
+    q = normalize_query(query)
+    if q["start"] is None and q["end"] is None:
+        files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
+    else:
+        files = index.lookup(q["source"], q["level"], q["start"], q["end"])
+    keep = ("key", "rows", "bytes", "min_time", "max_time", "time_column", "run_id", "partition")
+    files = [{k: f.get(k) for k in keep} for f in sorted(files, key=lambda f: f["key"])]
+    runs = sorted({f["run_id"] for f in files})
+    ancestors = {}
+    for level in _ancestor_levels(q):
+        ancestors[level] = sorted(f["key"] for f in index.files_for_run(q["source"], level) if f["run_id"] in runs)
+    tasks, cur, cur_bytes = [], [], 0
+    for f in files:
+        if cur and (cur_bytes + f["bytes"] > max_task_bytes or len(cur) >= max_task_files):
+            tasks.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(f)
+        cur_bytes += f["bytes"]
+    if cur:
+        tasks.append(cur)
+    return {
+        "query_id": q["query_id"], "query": q,
+        "tasks": [{"task": i, "files": t, "ancestors": ancestors} for i, t in enumerate(tasks)],
+        "files": len(files), "bytes": sum(f["bytes"] for f in files), "rows": sum(f["rows"] for f in files),
+    }
+
+
+# ---------------------------------------------------------------- worker
+
+
+def _scalar(value, typ: pa.DataType):
+    t = typ.value_type if pa.types.is_dictionary(typ) else typ
+    if pa.types.is_timestamp(t):
+        return pa.scalar(to_units(parse_instant(value), t.unit), pa.int64()).cast(t)
+    if pa.types.is_date(t) and isinstance(value, str):
+        return pa.scalar(date.fromisoformat(value), t)
+    if pa.types.is_decimal(t):
+        return pa.scalar(Decimal(str(value)))
+    try:
+        return pa.scalar(value).cast(t)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.scalar(value)
+
+
+def _dict_apply(col: pa.ChunkedArray, fn) -> pa.ChunkedArray:
+    """Evaluate ``fn`` on each chunk's dictionary and spread it by the indices (no string decoding)."""
+    return pa.chunked_array([pc.take(fn(c.dictionary), c.indices) for c in col.chunks], type=pa.bool_())
+
+
+def _compare(col: pa.ChunkedArray, op: str, value) -> pa.ChunkedArray:
+    if op == "is_null":
+        return pc.is_null(col)
+    if op == "not_null":
+        return pc.is_valid(col)
+    if pa.types.is_null(col.type):
+        return pa.chunked_array([pa.nulls(len(col), pa.bool_())])
+    if pa.types.is_dictionary(col.type):
+        if col.num_chunks == 0:
+            return pa.chunked_array([], pa.bool_())
+        return _dict_apply(col, lambda d: _compare_plain(d, op, value))
+    return _compare_plain(col, op, value)
+
+
+def _compare_plain(col, op: str, value):
+    if op in ("in", "not_in"):
+        vs = [_scalar(v, col.type) for v in value]
+        try:
+            vset = pa.array([v.as_py() for v in vs], col.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            vset = pa.array([v.as_py() for v in vs])
+        m = pc.is_in(col, value_set=vset, skip_nulls=True)
+        m = pc.if_else(pc.is_null(col), pa.scalar(None, pa.bool_()), m)
+        return pc.invert(m) if op == "not_in" else m
+    s = _scalar(value, col.type)
+    fn = {"=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
+    return fn(col, s)
+
+
+def _mask(table: pa.Table, filters: list[dict]):
+    mask = None
+    for f in filters:
+        name = f["name"] if f["level"] else f["column"]
+        if name not in table.column_names:
+            m = pa.chunked_array([pa.array([f["op"] == "is_null"] * table.num_rows, pa.bool_())])
+        else:
+            m = _compare(table[name], f["op"], f["value"])
+        mask = m if mask is None else pc.and_kleene(mask, m)
+    return mask
+
+
+def _eq(col: pa.ChunkedArray, value) -> pa.ChunkedArray:
+    """column == value as a boolean (null where the column is null), dictionary-aware."""
+    return _compare(col, "=", value)
+
+
+def _time_plan(pf: pq.ParquetFile, tcol: str | None, start, end) -> tuple[list[int], list[int], str | None]:
+    """Row groups (all in range, straddling the range edge); row groups outside the range are skipped."""
+    n = pf.metadata.num_row_groups
+    if tcol is None or (start is None and end is None):
+        return list(range(n)), [], None
+    schema = pf.schema_arrow
+    if tcol not in schema.names or not pa.types.is_timestamp(schema.field(tcol).type):
+        return [], [], None  # no time in this file: nothing is in a bounded range
+    unit = schema.field(tcol).type.unit
+    s = to_units(start, unit) if start else None
+    e = to_units(end, unit) if end else None
+    ci = pf.schema.names.index(tcol) if tcol in pf.schema.names else None
+    full, partial = [], []
+    for i in range(n):
+        rg = pf.metadata.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        st = rg.column(ci).statistics if ci is not None else None
+        if st is None or not st.has_min_max:
+            if st is not None and st.null_count == rg.num_rows:
+                continue  # only null times
+            partial.append(i)
+            continue
+        lo, hi = st.min_raw, st.max_raw
+        if (s is not None and hi < s) or (e is not None and lo >= e):
+            continue
+        if (s is None or lo >= s) and (e is None or hi < e) and st.null_count == 0:
+            full.append(i)
+        else:
+            partial.append(i)
+    return full, partial, unit
+
+
+def _read_file(data: bytes, columns: list[str], tcol: str | None, start, end, stats: dict) -> pa.Table | None:
+    pf0 = pq.ParquetFile(pa.BufferReader(data))
+    schema = pf0.schema_arrow
+    present = [c for c in dict.fromkeys(columns) if c in schema.names]
+    dict_cols = [c for c in present if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)]
+    pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=dict_cols) if dict_cols else pf0
+    full, partial, unit = _time_plan(pf, tcol, start, end)
+    stats["row_groups"] += pf.metadata.num_row_groups
+    stats["row_groups_read"] += len(full) + len(partial)
+    pieces = []
+    if full:
+        pieces.append(pf.read_row_groups(full, columns=present, use_threads=True))
+    if partial:
+        t = pf.read_row_groups(partial, columns=list(dict.fromkeys(present + [tcol])), use_threads=True)
+        tt = t[tcol]
+        m = None
+        if start is not None:
+            m = pc.greater_equal(tt, _scalar(iso(start), tt.type))
+        if end is not None:
+            m2 = pc.less(tt, _scalar(iso(end), tt.type))
+            m = m2 if m is None else pc.and_(m, m2)
+        stats["rows_scanned"] += t.num_rows
+        t = t.filter(m).select(present)
+        pieces.append(t)
+    if full:
+        stats["rows_scanned"] += pieces[0].num_rows
+    if not pieces:
+        return None
+    table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="permissive")
+    for c in columns:  # a column this file lacks (written before the schema widened): null
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(table.num_rows))
+    return table
+
+
+def _decode_keys(table: pa.Table) -> pa.Table:
+    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def _aggregate(table: pa.Table, keys: list[str], parts: list[dict], merge: bool) -> pa.Table:
+    """Group ``table`` by ``keys`` into part columns; ``merge`` re-aggregates part columns already computed."""
+    aggs = []
+    for p in parts:
+        if merge:
+            aggs.append((p["name"], _MERGE[p["kind"]]))
+        elif p["kind"] == "count_all":
+            aggs.append(([], "count_all"))
+        else:
+            src = p["name"] + "_in"
+            aggs.append((src, {"eqsum": "sum", "count": "sum"}.get(p["kind"], p["kind"])))
+    out = table.group_by(keys, use_threads=True).aggregate(aggs)
+    agg_names = [p["name"] for p in parts]
+    # pyarrow >= 15 puts the keys first (older versions put them last)
+    keys_first = out.column_names[: len(keys)] == keys
+    out = out.rename_columns(keys + agg_names if keys_first else agg_names + keys)
+    return out.select(keys + [p["name"] for p in parts])
+
+
+def _part_inputs(table: pa.Table, parts: list[dict]) -> pa.Table:
+    cols, names = [], []
+    for p in parts:
+        if p["kind"] == "count_all":
+            continue
+        col = table[p["column"]]
+        if p["kind"] == "eqsum":
+            col = _eq(col, p["equals"])
+            col = col.cast(pa.int64())
+        elif p["kind"] == "count":
+            col = pc.is_valid(col).cast(pa.int64())
+        elif pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pa.types.is_null(col.type) and p["kind"] in ("sum", "min", "max"):
+            col = col.cast(pa.float64())
+        cols.append(col)
+        names.append(p["name"] + "_in")
+    return pa.Table.from_arrays(cols, names=names) if cols else pa.table({})
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [_decode_keys(t) for t in tables]
+    schema = unify([t.schema for t in tables])
+    return pa.concat_tables([conform(t, schema) for t in tables])
+
+
+def _load_ancestor(store: Store, keys: list[str], key_field: str, columns: list[str]) -> pa.Table:
+    tables = []
+    for k in keys:
+        pf = pq.ParquetFile(pa.BufferReader(store.get(k)))
+        want = [c for c in dict.fromkeys([RUN, key_field] + columns) if c in pf.schema_arrow.names]
+        t = pf.read(columns=want)
+        for c in [key_field, RUN] + columns:
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        tables.append(t)
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys([RUN, key_field] + columns)})
+    t = _concat(tables)
+    # one row per (run, key): a key listed twice by the vendor must not double-count
+    rest = [c for c in columns if c not in (RUN, key_field)]
+    if rest:
+        t = t.group_by([RUN, key_field], use_threads=False).aggregate([(c, "first") for c in rest])
+        t = t.rename_columns([RUN, key_field] + rest if t.column_names[:2] == [RUN, key_field] else rest + [RUN, key_field])
+    else:
+        t = t.group_by([RUN, key_field]).aggregate([]).select([RUN, key_field])
+    return t
+
+
+def partial_aggregate(store: Store, task: dict, query: dict) -> dict:
+    """One worker: read the task's files (only the needed columns and row groups), aggregate, join ancestors.
+
+    Returns mergeable partials: group keys, counts, sums, mins, maxs and share numerators/denominators.
+    """
+    t0 = time.perf_counter()
+    q = normalize_query(query)
+    parts = q["parts"]
+    start, end = parse_instant(q["start"]), parse_instant(q["end"])
+    anc = _ancestor_levels(q)
+    own_keys = [g["column"] for g in q["group_by"] if not g["level"]]
+    own_filters = [f for f in q["filters"] if not f["level"]]
+    anc_filters = [f for f in q["filters"] if f["level"]]
+    link_keys = [lineage_column(lv) for lv in anc] + ([RUN] if anc else [])
+    first_keys = list(dict.fromkeys(own_keys + link_keys))
+    columns = list(dict.fromkeys(first_keys + [f["column"] for f in own_filters] + [p["column"] for p in parts if p["column"]]))
+    stats = {"files": 0, "bytes": 0, "row_groups": 0, "row_groups_read": 0, "rows_scanned": 0, "rows_matched": 0}
+
+    per_file = []
+    for f in task["files"]:
+        data = store.get(f["key"])
+        stats["files"] += 1
+        stats["bytes"] += len(data)
+        tcol = q.get("time_column") or f.get("time_column")
+        table = _read_file(data, columns, tcol, start, end, stats)
+        if table is None or table.num_rows == 0:
+            continue
+        mask = _mask(table, own_filters)
+        if mask is not None:
+            table = table.filter(mask)
+        stats["rows_matched"] += table.num_rows
+        if table.num_rows == 0:
+            continue
+        inputs = _part_inputs(table, parts)
+        keyed = table.select(first_keys)
+        for name, col in zip(inputs.column_names, inputs.columns):
+            keyed = keyed.append_column(name, col)
+        if any(pa.types.is_dictionary(keyed.schema.field(k).type) and keyed[k].num_chunks > 1 for k in first_keys):
+            keyed = keyed.unify_dictionaries()
+        per_file.append(_decode_keys(_aggregate(keyed, first_keys, parts, merge=False)))
+
+    if per_file:
+        agg = _aggregate(_concat(per_file), first_keys, parts, merge=True) if len(per_file) > 1 else per_file[0]
+    else:
+        agg = None
+
+    out_names = [g["name"] for g in q["group_by"]]
+    if agg is not None and anc:
+        for level, key_field in anc.items():
+            cols = list(dict.fromkeys([g["column"] for g in q["group_by"] if g["level"] == level] +
+                                      [f["column"] for f in anc_filters if f["level"] == level]))
+            at = _load_ancestor(store, task.get("ancestors", {}).get(level, []), key_field, cols)
+            lk = lineage_column(level)
+            akey, arun = f"__key_{level}", f"__run_{level}"
+            at = at.rename_columns([{RUN: arun, key_field: akey}.get(c, f"{level}.{c}") for c in at.column_names])
+            # join on text keys: the lineage holds the key as the vendor wrote it, the ancestor column may be typed
+            at = at.set_column(at.schema.get_field_index(akey), akey, _as_text(at[akey]))
+            agg = agg.set_column(agg.schema.get_field_index(lk), lk, _as_text(agg[lk]))
+            agg = agg.join(at, keys=[lk, RUN], right_keys=[akey, arun], join_type="left outer", use_threads=True)
+        if anc_filters:
+            agg = agg.filter(_mask(agg, anc_filters))
+        agg = _aggregate(agg, out_names, parts, merge=True)
+    elif agg is not None and first_keys != out_names:
+        agg = _aggregate(agg, out_names, parts, merge=True)
+
+    rows = []
+    if agg is not None:
+        cols = [agg[n].to_pylist() for n in out_names + [p["name"] for p in parts]]
+        rows = [[_json_value(v) for v in r] for r in zip(*cols)]
+    stats["seconds"] = round(time.perf_counter() - t0, 4)
+    return {
+        "query_id": q["query_id"], "task": task.get("task", 0),
+        "group_by": out_names,
+        "parts": [{k: p[k] for k in ("name", "kind", "column")} for p in parts],
+        "rows": rows, "stats": stats,
+    }
+
+
+def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_null(col.type):
+        return col.cast(pa.string())
+    return pc.cast(col, pa.string())
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return iso(v)
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return {"decimal": str(v)}
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _py_value(v: Any) -> Any:
+    if isinstance(v, dict) and "decimal" in v:
+        return Decimal(v["decimal"])
+    return v
+
+
+# ---------------------------------------------------------------- reduce
+
+
+def reduce_partials(partials: list[dict], query: dict) -> dict:
+    """Merge the workers' partials into the final table (rows sorted by group key, nulls last)."""
+    q = normalize_query(query)
+    parts = q["parts"]
+    names = [p["name"] for p in parts]
+    kinds = [p["kind"] for p in parts]
+    groups: dict[tuple, list] = {}
+    stats: dict[str, float] = {}
+    nk = len(q["group_by"])
+    for pr in partials:
+        for k, v in pr.get("stats", {}).items():
+            stats[k] = stats.get(k, 0) + v
+        idx = [pr["parts"].index(next(x for x in pr["parts"] if x["name"] == n)) for n in names]
+        for row in pr["rows"]:
+            key = tuple(json.dumps(x, sort_keys=True) for x in row[:nk])
+            vals = [_py_value(row[nk + i]) for i in idx]
+            cur = groups.get(key)
+            if cur is None:
+                groups[key] = [row[:nk], vals]
+                continue
+            acc = cur[1]
+            for i, (kind, v) in enumerate(zip(kinds, vals)):
+                if v is None:
+                    continue
+                if acc[i] is None:
+                    acc[i] = v
+                elif _MERGE[kind] == "sum":
+                    acc[i] = acc[i] + v
+                elif kind == "min":
+                    acc[i] = min(acc[i], v)
+                else:
+                    acc[i] = max(acc[i], v)
+    columns = [g["name"] for g in q["group_by"]] + [a["as"] for a in q["aggregates"]]
+    pos = {n: i for i, n in enumerate(names)}
+    rows = []
+    for keyvals, acc in groups.values():
+        out = list(keyvals)
+        for a in q["aggregates"]:
+            vals = [acc[pos[n]] for n in a["_parts"]]
+            if a["op"] in ("count",):
+                out.append(vals[0] or 0)
+            elif a["op"] in ("sum", "min", "max"):
+                out.append(_out_value(vals[0]))
+            else:  # mean, share: numerator / denominator
+                num, den = vals
+                out.append(None if not den else float(num or 0) / den)
+        rows.append(out)
+    if not q["group_by"] and not rows:  # an aggregate over no rows still has one row, like SQL
+        rows.append([0 if a["op"] == "count" else None for a in q["aggregates"]])
+    rows.sort(key=lambda r: tuple((x is None, _sort_key(x)) for x in r[:nk]))
+    return {"query_id": q["query_id"], "columns": columns, "rows": rows, "stats": stats}
+
+
+def _sort_key(x):
+    if x is None:
+        return (0, "")
+    if isinstance(x, bool):
+        return (1, int(x))
+    if isinstance(x, (int, float)):
+        return (1, x)
+    return (2, json.dumps(x, sort_keys=True) if not isinstance(x, str) else x)
+
+
+def _out_value(v):
+    return str(v) if isinstance(v, Decimal) else v
+
+
+# ---------------------------------------------------------------- results
+
+
+def write_result(store: Store, result: dict) -> dict:
+    """``results/{query_id}.json`` and ``.csv``; returns a small summary for the state machine."""
+    jkey, ckey = layout.result_keys(result["query_id"])
+    store.put(jkey, json.dumps(result, default=str).encode(), "application/json")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(result["columns"])
+    for r in result["rows"]:
+        w.writerow(["" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v) for v in r])
+    store.put(ckey, buf.getvalue().encode(), "text/csv")
+    return {"query_id": result["query_id"], "rows": len(result["rows"]), "json_key": jkey, "csv_key": ckey,
+            "stats": result.get("stats", {})}
+
+
+def format_table(result: dict, max_rows: int = 50) -> str:
+    """A plain-text table (``harvest query --local`` prints it)."""
+    cols = result["columns"]
+    body = [["" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r] for r in result["rows"][:max_rows]]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
+    if len(result["rows"]) > max_rows:
+        lines.append(f"... {len(result['rows']) - max_rows} more rows")
+    return "\n".join(lines)
+
+
+def run_query(store: Store, index: FileIndex, query: dict, *, write: bool = True, **plan_kw) -> dict:
+    """The whole query in one process (local engine, tests): plan, every task, reduce, write."""
+    plan = plan_query(index, query, **plan_kw)
+    partials = [partial_aggregate(store, t, plan["query"]) for t in plan["tasks"]]
+    result = reduce_partials(partials, plan["query"])
+    result["stats"]["tasks"] = len(plan["tasks"])
+    if write:
+        result["summary"] = write_result(store, result)
+    return result
