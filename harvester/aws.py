@@ -51,10 +51,19 @@ def source_spec(source: str) -> SourceSpec:
 
 
 @functools.lru_cache(maxsize=32)
-def _run_spec(bucket: str, key: str) -> SourceSpec:
-    return parse_spec(store().get_json(key), f"s3://{bucket}/{key}")
+def _run_spec(bucket: str, key: str, spec_hash: str) -> SourceSpec:
+    spec = parse_spec(store().get_json(key), f"s3://{bucket}/{key}")
+    if spec.spec_hash() != spec_hash:
+        raise RuntimeError(f"s3://{bucket}/{key} changed during the run (hash {spec.spec_hash()}, run has {spec_hash})")
+    return spec
 
 
-def run_spec(spec_key: str) -> SourceSpec:
-    """The spec a run was planned with (written by the plan step), cached per container."""
-    return _run_spec(setting("HARVESTER_BUCKET"), spec_key)
+def run_spec(run: dict) -> SourceSpec:
+    """The spec a run was planned with (written by the plan step), cached per container by its hash."""
+    return _run_spec(setting("HARVESTER_BUCKET"), run["spec_key"], run["spec_hash"])
+
+
+def execution_status(execution_arn: str) -> str:
+    if not hasattr(_local, "sfn"):
+        _local.sfn = boto3.client("stepfunctions")
+    return _local.sfn.describe_execution(executionArn=execution_arn)["status"]

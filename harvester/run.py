@@ -74,6 +74,18 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         raise SpecError(f"base_url {url} does not answer ({parts.hostname}:{port}: {exc})") from None
 
 
+def _still_running(prior: dict[str, Any], execution_status: Callable[[str], str] | None) -> bool:
+    """A run item says RUNNING until the workflow records the end; an execution that was stopped or timed out
+    never does. Ask Step Functions whether the execution that owns the run is really still running."""
+    arn = prior.get("execution_arn")
+    if not arn or execution_status is None:
+        return True
+    try:
+        return execution_status(arn) == "RUNNING"
+    except Exception:  # noqa: BLE001 - unknown execution (e.g. expired history): not running
+        return False
+
+
 def plan_run(
     raw_input: Any,
     execution_name: str,
@@ -84,6 +96,7 @@ def plan_run(
     store: storage.Store,
     ledger: Ledger,
     check_url: Callable[[str], None] = check_reachable,
+    execution_status: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Validate everything, then write the spec and the level-0 manifest. Nothing is written on a bad input."""
     req = parse_input(raw_input)
@@ -97,8 +110,11 @@ def plan_run(
         prior = ledger.get_run(spec.name, req.resume)
         if prior is None:
             raise InputError(f"cannot resume run {req.resume!r} of source {spec.name!r}: the ledger has no such run")
-        if prior.get("status") == "RUNNING":
-            raise InputError(f"run {req.resume!r} is still RUNNING; wait for it to end (or stop its execution) first")
+        if prior.get("status") == "RUNNING" and _still_running(prior, execution_status):
+            raise InputError(
+                f"run {req.resume!r} is still RUNNING in execution {prior.get('execution_arn')}; "
+                "wait for it to end (or stop it) first"
+            )
         run_id, attempt = req.resume, int(prior.get("attempt", 1)) + 1
     else:
         run_id = req.run_id or default_run_id(start_time, execution_name)

@@ -15,7 +15,7 @@ tracer = Tracer()
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:
-    spec = aws.run_spec(event["run"]["spec_key"])
+    spec = aws.run_spec(event["run"])
     state = advance_level(event, spec=spec, store=aws.store(), ledger=aws.ledger())
     logger.info("level done", extra={"level": event["level"]["name"], "counts": state["last_level"]})
     return state

@@ -44,7 +44,7 @@ def time_budget(context: LambdaContext) -> float:
 @metrics.log_metrics
 @event_parser(model=FetchEvent)
 def handler(event: FetchEvent, context: LambdaContext) -> dict:
-    spec = aws.run_spec(event.run["spec_key"])
+    spec = aws.run_spec(event.run)
     level = spec.levels[event.level]
     logger.append_keys(source=spec.name, level=level.name, batch_id=event.batch["batch_id"])
     metrics.add_dimension(name="source", value=spec.name)

@@ -37,6 +37,7 @@ def handler(event: PlanEvent, context: LambdaContext) -> dict:
         resolve_secret=resolve_secret,
         store=aws.store(),
         ledger=aws.ledger(),
+        execution_status=aws.execution_status,
     )
     logger.append_keys(run_id=state["run"]["run_id"], source=state["run"]["source"])
     logger.info("run planned", extra={"levels": state["level"]["count"], "attempt": state["run"]["attempt"]})

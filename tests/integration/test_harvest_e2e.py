@@ -1,0 +1,172 @@
+"""The harvest workflow end to end: the real definition on moto's executor, the real handlers, the simulated
+vendor on 127.0.0.1. Every test compares the output with the vendor's own books."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harvester import storage
+from harvester.local.report import raw_records
+from harvester.vendor.faults import FaultConfig, FaultRule
+from tests.integration.conftest import demo_levels, write_spec
+
+pytestmark = pytest.mark.integration
+
+
+def harvested(engine, spec, run_id):
+    """{level: [records]} read back from the local bucket (through moto's S3, as a user's tools would)."""
+    out = {}
+    for level in spec.levels:
+        keys = engine.s3.list_objects_v2(Bucket="harvester-local", Prefix=storage.raw_prefix(spec.name, run_id, level.name))
+        recs = []
+        for obj in keys.get("Contents", []):
+            body = engine.s3.get_object(Bucket="harvester-local", Key=obj["Key"])["Body"].read()
+            recs.extend(storage.decode_ndjson_gz(body))
+        out[level.name] = recs
+    return out
+
+
+def assert_complete(out, vendor):
+    data = vendor.data
+    for level, ids in (("troops", data.ids("troops")), ("warriors", data.ids("warriors")), ("datagroups", data.ids("datagroups"))):
+        got = [r["id"] for r in out[level]]
+        assert len(got) == len(set(got)), f"duplicates in {level}"
+        assert set(got) == set(ids), f"{level}: missing {set(ids) - set(got)}, extra {set(got) - set(ids)}"
+    points = [(r["_lineage"]["datagroups"], r["ts"]) for r in out["points"]]
+    assert len(points) == len(set(points)), "duplicate points"
+    assert set(points) == data.point_keys()
+    # lineage: every warrior's troop is the one the vendor says
+    for w in out["warriors"]:
+        assert w["_lineage"] == {"troops": w["troop_id"]}
+
+
+@pytest.mark.parametrize(
+    "styles",
+    [
+        pytest.param({}, id="page-offset-cursor-link"),
+        pytest.param({"troops": "none", "warriors": "next_url", "datagroups": "page", "points": "offset"},
+                     id="none-nexturl-page-offset"),
+    ],
+)
+def test_four_levels_every_record_once(styles, vendor_factory, engine, tmp_path):
+    vendor_styles = {"page_number": "page", "offset": "offset", "cursor": "cursor", "next_url": "next_url",
+                     "link_header": "link", "none": "none"}
+    spec_pagination = {
+        "none": {"type": "none"},
+        "next_url": {"type": "next_url", "next_url_path": "links.next"},
+        "page": {"type": "page_number", "size": 4, "total_path": "total"},
+        "offset": {"type": "offset", "limit": 25},
+    }
+    pagination = {lvl: spec_pagination[s] for lvl, s in styles.items()}
+    vendor = vendor_factory(troops=3, warriors_per_troop=6, datagroups_per_warrior=4, points_per_datagroup=60,
+                            pagination=styles, page_size={"warriors": 5}, rate=400, burst=20)
+    assert set(vendor_styles.values()) >= set(vendor.config.pagination.values())
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels(pagination),
+                                 rate_limit={"requests_per_second": 300, "burst": 10}))
+    desc = engine.run({"source": spec.name, "run_id": "r1"}, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    out = harvested(engine, spec, "r1")
+    assert_complete(out, vendor)
+    counts = vendor.data.counts()
+    assert sum(counts.values()) > 2000
+
+    run = engine.ledger.get_run(spec.name, "r1")
+    assert run["status"] == "SUCCEEDED" and run["finished_at"]
+    for level in counts:
+        assert run["levels"][level]["records"] == counts[level]
+        assert run["levels"][level]["failed_batches"] == 0
+    stats = vendor.stats()
+    assert run["totals"]["calls"] == stats.requests  # every call the vendor saw is in the ledger, and no more
+    assert stats.seconds_over() == 0
+    # raw objects are batched: far fewer objects than calls
+    n_objects = sum(1 for _ in engine.s3.list_objects_v2(Bucket="harvester-local", Prefix="raw/")["Contents"])
+    assert n_objects < stats.requests / 3
+    # the run is listed by date in the GSI
+    assert [r["run_id"] for r in engine.ledger.list_runs(spec.name)] == ["r1"]
+
+
+def test_query_style_path_bearer_auth(vendor_factory, engine, tmp_path):
+    vendor = vendor_factory(troops=2, warriors_per_troop=5, datagroups_per_warrior=2, points_per_datagroup=30,
+                            auth="bearer")
+    levels = demo_levels(warriors_path="/warriors", warriors_params={"troopId": "{troop.id}"})
+    spec = engine.add(write_spec(tmp_path, vendor, levels, auth={"type": "bearer", "env": "E2E_API_KEY"}))
+    desc = engine.run({"source": spec.name, "run_id": "bearer"}, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    assert_complete(harvested(engine, spec, "bearer"), vendor)
+
+
+def test_bad_input_fails_in_first_state_and_writes_nothing(vendor_factory, engine, tmp_path):
+    vendor = vendor_factory(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=1)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    cases = [
+        ({}, "InputError", "source"),
+        ({"source": spec.name, "surprise": 1}, "InputError", "surprise"),
+        ({"source": "nope"}, "SpecError", "unknown source 'nope'"),
+        ({"source": spec.name, "resume": "bad id!"}, "InputError", "not a run id"),
+        ({"source": spec.name, "resume": "never-ran"}, "InputError", "no such run"),
+    ]
+    for execution_input, error, text in cases:
+        arn = engine.start(execution_input)
+        desc = engine.wait(arn, timeout=60)
+        assert desc["status"] == "FAILED"
+        assert desc["error"] == error
+        assert text in json.loads(desc["cause"])["errorMessage"]
+        entered = [e["stateEnteredEventDetails"]["name"] for e in engine.history(arn) if "stateEnteredEventDetails" in e]
+        assert entered == ["Plan run"]
+    assert "Contents" not in engine.s3.list_objects_v2(Bucket="harvester-local")
+    assert engine.table.scan()["Items"] == []
+    assert vendor.stats().requests == 0
+
+
+def test_missing_credential_and_dead_vendor_fail_before_writing(vendor_factory, engine, tmp_path, monkeypatch):
+    vendor = vendor_factory(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=1)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    monkeypatch.delenv("E2E_API_KEY")
+    desc = engine.run({"source": spec.name}, timeout=60)
+    assert desc["error"] == "SpecError" and "E2E_API_KEY" in desc["cause"]
+    monkeypatch.setenv("E2E_API_KEY", "x")
+    vendor.stop()
+    desc = engine.run({"source": spec.name}, timeout=60)
+    assert desc["error"] == "SpecError" and "does not answer" in desc["cause"]
+    assert "Contents" not in engine.s3.list_objects_v2(Bucket="harvester-local")
+    assert engine.table.scan()["Items"] == []
+
+
+def test_same_run_id_twice_is_refused(vendor_factory, engine, tmp_path):
+    vendor = vendor_factory(troops=1, warriors_per_troop=2, datagroups_per_warrior=1, points_per_datagroup=3)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    assert engine.run({"source": spec.name, "run_id": "once"}, timeout=120)["status"] == "SUCCEEDED"
+    desc = engine.run({"source": spec.name, "run_id": "once"}, timeout=60)
+    assert desc["error"] == "InputError" and '"resume": "once"' in json.loads(desc["cause"])["errorMessage"]
+
+
+def test_permanent_404_is_recorded_and_a_resume_fetches_only_what_is_missing(vendor_factory, engine, tmp_path):
+    vendor = vendor_factory(troops=2, warriors_per_troop=4, datagroups_per_warrior=3, points_per_datagroup=20)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    victim = vendor.data.ids("warriors")[3]
+    vendor.set_faults(FaultConfig.of(FaultRule("not_found", paths=["/v1/warriors/*/datagroups"], ids=[victim])))
+    desc = engine.run({"source": spec.name, "run_id": "r404"}, timeout=300)
+    assert desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete"
+    run = engine.ledger.get_run(spec.name, "r404")
+    assert run["status"] == "FAILED"
+    fails = engine.ledger.failures(spec.name, "r404")
+    assert [(f["status"], f["parent"]) for f in fails] == [(404, f"{vendor.data.warrior(victim)['troop_id']}/{victim}")]
+    assert f"/v1/warriors/{victim}/datagroups" in fails[0]["url"] and "404" in fails[0]["reason"]
+    first_calls = vendor.stats().requests
+
+    vendor.clear_faults()
+    vendor.reset_stats()
+    desc = engine.run({"source": spec.name, "resume": "r404"}, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    out = harvested(engine, spec, "r404")
+    assert_complete(out, vendor)
+    run = engine.ledger.get_run(spec.name, "r404")
+    assert run["status"] == "SUCCEEDED" and run["attempt"] == 2
+    assert engine.ledger.failures(spec.name, "r404") == []
+    # the second attempt made only the missing calls: the victim's datagroups (1 page) and their points
+    victim_groups = vendor.data.datagroups(victim)
+    expected = 1 + sum(-(-vendor.data.point_count(g["id"]) // 40) or 1 for g in victim_groups)
+    assert vendor.stats().requests == expected
+    assert run["attempt_calls"] == {"1": first_calls, "2": expected}
