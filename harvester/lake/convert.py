@@ -127,7 +127,7 @@ def _explicit_schema(types: dict[str, pa.DataType]) -> pa.Schema:
     return pa.schema([(n, pa.string()) for n in dict.fromkeys(names)])
 
 
-def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues) -> pa.Table:
+def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues, typed: set[str]) -> pa.Table:
     """One object, row by row: mixed-type fields become text; undecodable lines are reported and skipped."""
     records = []
     for i, line in enumerate(data.split(b"\n"), start=1):
@@ -145,7 +145,8 @@ def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues) 
                 bad.entries.append({"field": None, "value": line[:200].decode("utf-8", "replace"), "key": name, "line": i})
     table, notes = records_to_table(records, string_columns=set(explicit.names))
     for col, note in notes.items():
-        bad.notes[col] = note
+        if col not in typed:  # a declared type is applied next: mixed JSON types are expected there
+            bad.notes[col] = note
     return table
 
 
@@ -166,7 +167,7 @@ def read_raw(blobs: list[bytes], names: list[str], types: dict[str, pa.DataType]
             try:
                 tables.append(flatten_table(_read_json(text, explicit)))
             except pa.ArrowInvalid:
-                tables.append(flatten_table(_tolerant_read(text, name, explicit, bad)))
+                tables.append(flatten_table(_tolerant_read(text, name, explicit, bad, set(types))))
         lines = [t.num_rows for t in tables]
         schema = unify([t.schema for t in tables])
         table = pa.concat_tables([conform(t, schema) for t in tables])

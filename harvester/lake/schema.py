@@ -155,6 +155,13 @@ def _cast_whole(arr: pa.Array, target: pa.DataType) -> pa.Array:
         except _CAST_ERRORS:
             # strings without a zone offset: read as UTC
             return pc.cast(pc.cast(arr, pa.timestamp(target.unit)), target)
+    if pa.types.is_decimal(target) and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        try:
+            return pc.cast(arr, target)
+        except _CAST_ERRORS:
+            # more fractional digits than the scale: round half to even, as the float -> decimal cast does
+            wide = pc.cast(arr, pa.decimal128(38, 38 - max(target.precision - target.scale, 1)))
+            return pc.cast(pc.round(wide, ndigits=target.scale, round_mode="half_to_even"), target)
     return pc.cast(arr, target)
 
 
