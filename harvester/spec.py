@@ -209,7 +209,10 @@ class SourceSpec(_Model):
                             f"(ancestors: {ancestors or 'none, this is the first level'})"
                         )
             if i < len(self.levels) - 1 and not level.primary_key:
-                raise ValueError(f"levels[{i}] ({level.name}): primary_key is required on every level that has children")
+                raise ValueError(
+                    f"levels[{i}].primary_key: required on every level that has children "
+                    f"({level.name} has {self.levels[i + 1].name})"
+                )
             for n in level.names:
                 seen[n] = i
         return self
@@ -274,6 +277,8 @@ def _format_errors(origin: str, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if err["type"] in {"missing", "value_error"} or isinstance(got, dict) else f" (got {got!r})"
+        if not loc and re.match(r"^levels\[\d+\]", msg):
+            loc, msg = msg.split(": ", 1) if ": " in msg else (msg, "")  # a spec-wide check names its own field
         lines.append(f"{origin}: {loc or '(top level)'}: {msg}{shown}")
     return "\n".join(lines)
 
