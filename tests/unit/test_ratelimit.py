@@ -1,0 +1,417 @@
+"""The shared rate limiter against a real HTTP counter server on 127.0.0.1 and moto DynamoDB.
+
+Figures (utilisation, worst 1-second window, writes per call) are printed: run with ``-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import aiohttp
+import boto3
+import pytest
+from moto import mock_aws
+
+from harvester import ratelimit
+from harvester.local.moto_patches import install_dynamodb_lock
+from harvester.ratelimit import LimiterConfig, compute_lease, compute_throttle, limiter_for
+
+# ------------------------------------------------------------------------------------------
+# A tiny vendor: counts arrivals per path; optionally refuses with 429 during a "storm".
+
+
+class CounterServer:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hits: dict[str, list[float]] = {}
+        self.refused: dict[str, list[float]] = {}
+        self.storm: tuple[float, float] | None = None  # epoch [start, end): answer 429
+        self.retry_after = "1"
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802
+                now = time.time()
+                path = self.path.split("?")[0]
+                storm = server.storm
+                refuse = storm is not None and storm[0] <= now < storm[1]
+                with server.lock:
+                    (server.refused if refuse else server.hits).setdefault(path, []).append(now)
+                body = b"{}" if not refuse else b'{"error": "slow down"}'
+                self.send_response(429 if refuse else 200)
+                if refuse:
+                    self.send_header("Retry-After", server.retry_after)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def times(self, path: str | None = None, refused: bool = False) -> list[float]:
+        src = self.refused if refused else self.hits
+        with self.lock:
+            if path is None:
+                return sorted(t for v in src.values() for t in v)
+            return sorted(src.get(path, []))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def worst_window(times: list[float], width: float = 1.0) -> int:
+    """The most arrivals in any window [t, t + width) (sliding, starting at an arrival)."""
+    return max((bisect.bisect_left(times, t + width) - i for i, t in enumerate(times)), default=0)
+
+
+def count_between(times: list[float], a: float, b: float) -> int:
+    return bisect.bisect_left(times, b) - bisect.bisect_left(times, a)
+
+
+def utilisation(times: list[float], rate: float) -> float:
+    span = times[-1] - times[0] + 1.0 / rate
+    return len(times) / (span * rate)
+
+
+# ------------------------------------------------------------------------------------------
+# A fleet: threads, each with its own event loop, limiter and aiohttp session, several
+# coroutines each (the shape of pipelined Lambda workers).
+
+
+def run_fleet(make_limiter, url_for, threads, coros, until, start_at=None, *, hold=None):
+    """Run ``threads`` workers until epoch ``until``; returns their limiters (closed)."""
+    limiters: list = [None] * threads
+    errors: list = []
+
+    def worker(i: int) -> None:
+        async def main() -> None:
+            lim = make_limiter(i)
+            limiters[i] = lim
+            url = url_for(i)
+            if start_at:
+                await asyncio.sleep(max(0.0, start_at - time.time()))
+            conn = aiohttp.TCPConnector(limit=coros)
+            async with aiohttp.ClientSession(connector=conn) as session:
+
+                async def one() -> None:
+                    while time.time() < until:
+                        await lim.acquire()
+                        async with session.get(url) as r:
+                            await r.read()
+                            if r.status == 429:
+                                lim.on_throttle(float(r.headers.get("Retry-After", "0")))
+                            else:
+                                lim.on_success()
+
+                await asyncio.gather(*(one() for _ in range(coros)))
+            await lim.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surface in the test thread
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=until - time.time() + 20)
+    assert not errors, errors
+    return limiters
+
+
+# ------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = CounterServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def table(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    install_dynamodb_lock()  # NOTES P6: conditional writes are atomic on AWS, not in moto
+    with mock_aws():
+        ddb = boto3.resource("dynamodb", region_name="us-east-1")
+        t = ddb.create_table(
+            TableName="ledger",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield t
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    ratelimit.reset_local_buckets()
+    yield
+    ratelimit.reset_local_buckets()
+
+
+def bucket_item(table, source):
+    return table.get_item(Key=ratelimit.bucket_key(source), ConsistentRead=True).get("Item")
+
+
+def fleet_figures(name, times, rate, burst, limiters):
+    st = [lim.stats() for lim in limiters]
+    granted = sum(s["tokens_granted"] for s in st)
+    writes = sum(s["lease_writes"] for s in st)
+    fig = dict(calls=len(times), utilisation=round(utilisation(times, rate), 3),
+               worst_window=worst_window(times), limit_plus_burst=rate + burst,
+               lease_writes=writes, writes_per_call=round(writes / max(granted, 1), 3),
+               expired=sum(s["tokens_expired"] for s in st),
+               woke_late=sum(s.get("woke_late", 0) for s in st),
+               leases=sum(s["leases"] for s in st),
+               conflicts=sum(s.get("lease_conflicts", 0) for s in st),
+               reads=sum(s.get("lease_reads", 0) for s in st),
+               lat=max(s.get("lease_latency", 0) for s in st))
+    print(f"\n[{name}] {fig}")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------
+# Fleet tests
+
+
+def test_fleet_on_dynamodb_stays_under_limit_and_uses_it(server, table):
+    rate, burst, path = 50, 5, "/dyn"
+    start = time.time() + 0.3
+    lims = run_fleet(lambda i: limiter_for("dyn", rate, burst, table=table),
+                     lambda i: server.url + path, threads=8, coros=4, until=start + 3.0,
+                     start_at=start)
+    times = server.times(path)
+    fig = fleet_figures("dynamodb 8 threads x 4 coroutines @50/s", times, rate, burst, lims)
+    assert fig["worst_window"] <= rate + burst
+    assert fig["utilisation"] >= 0.9
+    assert fig["writes_per_call"] <= 0.35  # blocks of several tokens per DynamoDB write
+    item = bucket_item(table, "dyn")
+    assert item["pk"] == "RATE#dyn" and item["sk"] == "BUCKET" and "expires_at" in item
+    assert int(item["tokens_leased"]) >= len(times)
+
+
+def test_fleet_in_process_stays_under_limit_and_uses_it(server):
+    rate, burst, path = 100, 5, "/mem"
+    start = time.time() + 0.3
+    lims = run_fleet(lambda i: limiter_for("mem", rate, burst), lambda i: server.url + path,
+                     threads=8, coros=4, until=start + 2.5, start_at=start)
+    times = server.times(path)
+    fig = fleet_figures("in-process 8 threads x 4 coroutines @100/s", times, rate, burst, lims)
+    assert fig["worst_window"] <= rate + burst
+    assert fig["utilisation"] >= 0.9
+
+
+def test_worker_dying_with_a_lease_does_not_stall_the_others(server, table):
+    rate, burst, path = 20, 5, "/dead"
+
+    async def die_holding_a_lease():
+        lim = limiter_for("dead", rate, burst, table=table, block_seconds=0.5)
+        lim._block = 10.0  # lease a big block: 10 tokens, 0.5 s of the fleet's rate
+        await lim.acquire()  # uses one, then "dies" without close()
+        return lim
+
+    dead = asyncio.run(die_holding_a_lease())
+    assert dead.stats()["tokens_leased"] == 10
+
+    t0 = time.time()
+    lims = run_fleet(lambda i: limiter_for("dead", rate, burst, table=table),
+                     lambda i: server.url + path, threads=2, coros=3, until=t0 + 2.0)
+    times = server.times(path)
+    first = times[0] - t0
+    fleet_figures("survivors after a dead lease @20/s", times, rate, burst, lims)
+    print(f"  first call after the death: {first:.3f} s; calls in 2 s: {len(times)}")
+    assert first <= 0.6  # at most the dead lease's span
+    assert len(times) >= 0.9 * rate * (2.0 - 0.5)
+    assert worst_window(times) <= rate + burst
+
+
+def test_429_storm_cuts_the_rate_then_it_recovers(server, table):
+    ceiling, burst, path = 40, 5, "/storm"
+    t0 = time.time() + 0.3
+    server.storm = (t0 + 0.8, t0 + 1.4)
+    server.retry_after = "1"
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            it = bucket_item(table, "storm")
+            if it:
+                samples.append((time.time() - t0, float(it["rate"])))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        lims = run_fleet(lambda i: limiter_for("storm", ceiling, burst, table=table,
+                                               recovery=0.5),
+                         lambda i: server.url + path, threads=4, coros=3, until=t0 + 4.5,
+                         start_at=t0)
+    finally:
+        stop.set()
+        sampler.join()
+        server.storm = None
+    ok = server.times(path)
+    refused = server.times(path, refused=True)
+    rates = [r for _, r in samples]
+    before = count_between(ok, t0 + 0.0, t0 + 0.8) / 0.8
+    paused = count_between(ok, t0 + 1.4, t0 + 1.8)
+    after_pause = count_between(ok, t0 + 1.8, t0 + 2.3) / 0.5
+    recovered = count_between(ok, t0 + 3.5, t0 + 4.5)
+    print(f"\n[429 storm @{ceiling}/s] 429s={len(refused)} ok={len(ok)} rate min={min(rates)} "
+          f"final={rates[-1]} r/s before={before:.1f} during pause={paused} "
+          f"just after={after_pause:.1f} last second={recovered} "
+          f"throttles={sum(lim.stats()['throttles'] for lim in lims)}")
+    assert len(refused) >= 1
+    assert len(refused) <= 25  # the fleet stops at the first 429: only calls already in flight
+    assert min(rates) <= ceiling * 0.5 + 1e-6  # multiplicative decrease, shared
+    assert paused == 0  # Retry-After honoured by every worker
+    assert after_pause < 0.85 * ceiling  # slower after the storm ...
+    assert rates[-1] == pytest.approx(ceiling)  # ... and back to the ceiling
+    assert recovered >= 0.9 * ceiling
+    assert worst_window(ok + refused) <= ceiling + burst
+
+
+def test_two_sources_do_not_share_a_bucket(server, table):
+    rate, burst = 20, 5
+    t0 = time.time() + 0.3
+    srcs = ["src-a", "src-b"]
+    lims = run_fleet(lambda i: limiter_for(srcs[i % 2], rate, burst, table=table),
+                     lambda i: f"{server.url}/{srcs[i % 2]}", threads=4, coros=2,
+                     until=t0 + 2.0, start_at=t0)
+    for s in srcs:
+        times = server.times(f"/{s}")
+        fleet_figures(f"source {s} @20/s", times, rate, burst, [lim for lim in lims
+                                                                 if lim.source == s])
+        assert len(times) >= 0.9 * rate * 2.0  # each gets its full rate ...
+        assert worst_window(times) <= rate + burst  # ... and only its own
+        assert bucket_item(table, s)["pk"] == f"RATE#{s}"
+
+
+def test_two_runs_of_one_source_share_its_limit(server, table):
+    rate, burst, path = 20, 5, "/shared"
+    t0 = time.time() + 0.3
+    # two "runs": separate limiter objects (and bucket caches), as two executions would have
+    lims = run_fleet(lambda i: limiter_for("shared", rate, burst, table=table),
+                     lambda i: f"{server.url}{path}?run={i % 2}", threads=4, coros=2,
+                     until=t0 + 2.5, start_at=t0)
+    times = server.times(path)
+    fig = fleet_figures("two runs of one source @20/s", times, rate, burst, lims)
+    assert fig["worst_window"] <= rate + burst
+    assert 0.9 <= fig["utilisation"] <= 1.1
+    per_run = [sum(lim.stats()["tokens_granted"] for lim in lims[r::2]) for r in (0, 1)]
+    assert min(per_run) >= 0.25 * sum(per_run)
+
+
+# ------------------------------------------------------------------------------------------
+# The arithmetic: clock skew, AIMD, give-back, unlimited, metrics
+
+
+def test_clock_skew_creates_no_tokens():
+    cfg = LimiterConfig(ceiling=10, burst=5)
+    s, slots = compute_lease(None, 1000.0, 3, cfg)
+    assert slots == [1000.0] * 3  # burst credit (bucket_cap = 3)
+    # a worker whose clock is 5 s ahead advances the item once: refill capped at the bucket cap
+    s, slots = compute_lease(s, 1005.0, 4, cfg)
+    assert s["updated_at"] == 1005.0 and slots[:3] == [1005.0] * 3 and slots[3] > 1005.0
+    # a worker on the true clock: no refill from negative elapsed, and it waits for the item's
+    # timeline; updated_at never moves back
+    before = s["tokens"]
+    s, slots = compute_lease(s, 1000.5, 1, cfg)
+    assert s["updated_at"] == 1005.0 and s["tokens"] == before - 1
+    assert slots[0] >= 1005.0 + (-before) / cfg.ceiling
+
+
+def test_aimd_cut_once_per_storm_and_recover_additively():
+    cfg = LimiterConfig(ceiling=40, burst=5, recovery=0.05, cut_cooldown=1.0)
+    s, _ = compute_lease(None, 0.0, 1, cfg)
+    s = compute_throttle(s, 10.0, 2.0, cfg)
+    assert s["rate"] == 20 and s["paused_until"] == 12.0
+    s = compute_throttle(s, 10.2, 2.0, cfg)  # same storm: no second cut
+    assert s["rate"] == 20 and s["paused_until"] == 12.2
+    s2, slots = compute_lease(s, 10.5, 1, cfg)
+    assert slots[0] >= 12.2  # nobody sends before Retry-After elapsed
+    s2, _ = compute_lease(s, 15.2, 1, cfg)  # 3 s after the pause: +3 x 5% x 40
+    assert s2["rate"] == pytest.approx(26.0)
+    s2, _ = compute_lease(s2, 100.0, 1, cfg)
+    assert s2["rate"] == 40  # never above the ceiling
+    for k in range(10):  # repeated storms floor at min_fraction
+        s = compute_throttle(s, 20.0 + 2 * k, 0.0, cfg)
+    assert s["rate"] == pytest.approx(cfg.floor)
+
+
+def test_window_bound_holds_in_arithmetic():
+    for rate, burst in [(10, 5), (20, 5), (50, 5), (100, 5), (200, 5), (20, 1)]:
+        cfg = LimiterConfig(ceiling=rate, burst=burst)
+        assert rate * (1 + cfg.grace) + cfg.bucket_cap <= rate + burst
+
+
+def test_close_gives_unused_tokens_back(table):
+    async def go():
+        a = limiter_for("gb", 20, 5, table=table)
+        a._block = 4.0
+        await a.acquire()
+        await a.close()
+        return a.stats()
+
+    st = asyncio.run(go())
+    assert st["tokens_leased"] == 4 and st["tokens_returned"] >= 1
+    assert float(bucket_item(table, "gb")["tokens"]) > -4
+
+
+def test_unlimited_returns_at_once():
+    async def go():
+        lim = limiter_for("free", None, 0)
+        t = time.perf_counter()
+        for _ in range(1000):
+            await lim.acquire()
+        return time.perf_counter() - t, lim.stats()
+
+    elapsed, st = asyncio.run(go())
+    assert elapsed < 0.5 and st["tokens_granted"] == 1000 and st["current_rate"] is None
+
+
+def test_metrics_only_when_given():
+    from aws_lambda_powertools import Metrics
+
+    metrics = Metrics(namespace="HarvesterTest", service="ratelimit")
+
+    async def go():
+        lim = limiter_for("met", 50, 5, metrics=metrics)
+        for _ in range(5):
+            await lim.acquire()
+        lim.on_throttle(None)
+        await lim.close()
+        plain = limiter_for("met2", 50, 5)  # no metrics object: nothing emitted, no error
+        await plain.acquire()
+        await plain.close()
+
+    asyncio.run(go())
+    blob = metrics.serialize_metric_set()
+    names = {m["Name"] for m in blob["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"RateLimiterTokensGranted", "RateLimiterWaits", "RateLimiterThrottles",
+            "RateLimiterCurrentRate"} <= names
+    assert blob["RateLimiterTokensGranted"] == 5.0
+    metrics.clear_metrics()
