@@ -39,6 +39,8 @@ def references(text: str) -> list[tuple[str, str]]:
 
 
 def lookup(record: Mapping[str, Any], field: str) -> Any:
+    if field in record:  # a lineage context keeps a nested field flat, under its dotted name (`meta.slug`)
+        return record[field]
     value: Any = record
     for part in field.split("."):
         if not isinstance(value, Mapping) or part not in value:
