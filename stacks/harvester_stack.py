@@ -1,0 +1,342 @@
+"""The harvester stack: data bucket, ledger table, one secret per source, Lambda functions, the workflow.
+
+The workflow definition is the lead's `statemachines/harvest.asl.json`, embedded verbatim in the template
+(`DefinitionString`) with CloudFormation `DefinitionSubstitutions` for the `${...}` placeholders, exactly the
+substitutions the local engine applies (see `harvester/definition.py`). A definition loaded from text gets no
+automatic IAM grants, so every permission the workflow needs is written out below, scoped to named resources.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, BundleSpec, lambda_code
+from stacks.config import HarvesterConfig
+from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
+
+try:  # the lead's contract: the one definition file and the placeholders CDK must fill
+    from harvester.definition import DEFINITION_PATH, SUBSTITUTION_KEYS
+except ImportError:  # pragma: no cover - only before harvester/definition.py exists
+    DEFINITION_PATH = ROOT / "statemachines" / "harvest.asl.json"
+    SUBSTITUTION_KEYS = ("PlanFunctionArn", "FetchFunctionArn", "AdvanceFunctionArn", "BucketName", "LedgerTableName")
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+#: where the plan function finds the specs inside its bundle (stacks/bundling.py copies sources/ there)
+LAMBDA_SOURCES_DIR = "/var/task/sources"
+
+#: S3 prefixes (docs/architecture.md, "S3 layout")
+RUNS_PREFIX = "runs/"
+RAW_PREFIX = "raw/"
+
+
+@dataclass(frozen=True)
+class FunctionAccess:
+    """What one function may touch: S3 prefixes it reads and writes, the ledger, the source secrets."""
+
+    s3_read: tuple[str, ...] = ()
+    s3_write: tuple[str, ...] = ()
+    ledger: bool = True
+    secrets: bool = False
+
+
+class HarvesterStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: HarvesterConfig | None = None,
+        definition_path: Path | str | None = None,
+        sources_dir: Path | str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config or HarvesterConfig.from_node(self.node)
+        self.definition_path = Path(definition_path or DEFINITION_PATH)
+        self.sources: list[SourceInfo] = discover(Path(sources_dir or SOURCES_DIR))
+        self.removal_policy = cdk.RemovalPolicy.RETAIN if self.config.retain else cdk.RemovalPolicy.DESTROY
+
+        self.bucket = self._data_bucket()
+        self.table = self._ledger_table()
+        self.secrets = self._source_secrets()
+
+        self.functions: dict[str, lambda_.Function] = {}
+        # adding a function is one line: name, handler, what it may touch, memory and timeout
+        self.add_function("plan", "lambdas.plan.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
+                          memory_mb=512, timeout_s=120)  # fmt: skip
+        self.add_function("fetch", "lambdas.fetch.handler",
+                          FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX, RAW_PREFIX), secrets=True),
+                          memory_mb=1024, timeout_s=900)  # fmt: skip
+        self.add_function("advance", "lambdas.advance.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
+                          memory_mb=512, timeout_s=300)  # fmt: skip
+
+        self.state_machine = self._state_machine()
+        self._outputs()
+
+    # ------------------------------------------------------------------------------------------------------
+    # storage
+    # ------------------------------------------------------------------------------------------------------
+    def _data_bucket(self) -> s3.Bucket:
+        access_logs = None
+        if self.config.accessLogs:
+            access_logs = s3.Bucket(
+                self,
+                "AccessLogsBucket",
+                encryption=s3.BucketEncryption.S3_MANAGED,  # the only encryption S3 server access logging supports
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                enforce_ssl=True,
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs",
+                                                  expiration=cdk.Duration.days(max(self.config.logRetentionDays, 1)))],
+                removal_policy=self.removal_policy,
+                auto_delete_objects=False,
+            )  # fmt: skip
+        lifecycle = [s3.LifecycleRule(id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=cdk.Duration.days(1))]
+        if self.config.versioning:
+            lifecycle.append(s3.LifecycleRule(id="expire-old-versions", noncurrent_version_expiration=cdk.Duration.days(30)))
+        return s3.Bucket(
+            self,
+            "DataBucket",
+            bucket_name=self.config.bucketName or None,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=self.config.versioning,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=access_logs,
+            server_access_logs_prefix="data-bucket/" if access_logs else None,
+            lifecycle_rules=lifecycle,
+            removal_policy=self.removal_policy,
+        )
+
+    def _ledger_table(self) -> dynamodb.Table:
+        table = dynamodb.Table(
+            self,
+            "LedgerTable",
+            table_name=self.config.tableName or None,
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            time_to_live_attribute="expires_at",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            deletion_protection=self.config.deletionProtection,
+            removal_policy=self.removal_policy,
+        )
+        table.add_global_secondary_index(
+            index_name="gsi1",
+            partition_key=dynamodb.Attribute(name="gsi1pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="gsi1sk", type=dynamodb.AttributeType.STRING),
+            projection_type=dynamodb.ProjectionType.ALL,
+        )
+        return table
+
+    def _source_secrets(self) -> dict[str, secretsmanager.ISecret]:
+        """One Secrets Manager secret per source. The stack creates `harvester/{name}` with a random placeholder
+        value (put the vendor's API key in it after deploy); a spec naming another secret (`auth.secret`) refers to
+        an existing one, which the stack only grants read access to."""
+        secrets: dict[str, secretsmanager.ISecret] = {}
+        for source in self.sources:
+            cid = f"Secret-{source.name}"
+            if source.default_secret:
+                secrets[source.name] = secretsmanager.Secret(
+                    self,
+                    cid,
+                    secret_name=source.secret_name,
+                    description=f"API credential of harvester source {source.name!r} (replace the generated value)",
+                    removal_policy=self.removal_policy,
+                )
+            else:
+                secrets[source.name] = secretsmanager.Secret.from_secret_name_v2(self, cid, source.secret_name)
+        return secrets
+
+    # ------------------------------------------------------------------------------------------------------
+    # functions
+    # ------------------------------------------------------------------------------------------------------
+    def add_function(
+        self,
+        name: str,
+        handler: str,
+        access: FunctionAccess,
+        *,
+        memory_mb: int = 512,
+        timeout_s: int = 300,
+        requirements: Path | None = None,
+        include: frozenset[str] = frozenset(),
+    ) -> lambda_.Function:
+        """One Lambda function with its bundle (`lambdas/requirements/{name}.txt`, plus optional project parts such
+        as `{"harvester/lake"}`), log group and grants."""
+        spec = BundleSpec(name=name, requirements=requirements or REQUIREMENTS_DIR / f"{name}.txt",
+                          architecture=self.config.arch, include=frozenset(include))  # fmt: skip
+        cid = name.capitalize()
+        log_group = logs.LogGroup(
+            self,
+            f"{cid}FunctionLogs",
+            retention=self.config.log_retention,
+            removal_policy=self.removal_policy,
+        )
+        fn = lambda_.Function(
+            self,
+            f"{cid}Function",
+            description=f"harvester {name}",
+            runtime=RUNTIME,
+            architecture=ARCHITECTURES[self.config.arch],
+            handler=handler,
+            code=lambda_code(spec),
+            memory_size=memory_mb,
+            timeout=cdk.Duration.seconds(timeout_s),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            environment={
+                "HARVESTER_BUCKET": self.bucket.bucket_name,
+                "HARVESTER_TABLE": self.table.table_name,
+                "HARVESTER_SOURCES_DIR": LAMBDA_SOURCES_DIR,
+                "HARVESTER_SECRET_PREFIX": SECRET_PREFIX,
+                "POWERTOOLS_SERVICE_NAME": "harvester",
+                "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+                "POWERTOOLS_LOG_LEVEL": "INFO",
+            },
+        )
+        self._grant(fn, access)
+        self.functions[name] = fn
+        return fn
+
+    def _grant(self, fn: lambda_.Function, access: FunctionAccess) -> None:
+        if access.s3_read:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="ReadObjects", actions=["s3:GetObject"],
+                resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_read]))  # fmt: skip
+        if access.s3_write:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="WriteObjects", actions=["s3:PutObject"],
+                resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_write]))  # fmt: skip
+        prefixes = sorted({*access.s3_read, *access.s3_write})
+        if prefixes:
+            # lets a missing key answer 404 (NoSuchKey) instead of 403, and lists only these prefixes
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="ListPrefixes", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}}))  # fmt: skip
+        if access.ledger:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="Ledger",
+                actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
+                         "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"],
+                resources=[self.table.table_arn, f"{self.table.table_arn}/index/gsi1"]))  # fmt: skip
+        if access.secrets and self.secrets:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="SourceSecrets", actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=self._secret_arns()))  # fmt: skip
+
+    def _secret_arns(self) -> list[str]:
+        """ARNs of the source secrets; one referenced by name gets Secrets Manager's 6-character suffix pattern."""
+        return [s.secret_arn if s.secret_full_arn else f"{s.secret_arn}-??????" for s in self.secrets.values()]
+
+    # ------------------------------------------------------------------------------------------------------
+    # the workflow
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def state_machine_name(self) -> str:
+        return f"{self.stack_name}-harvest"[:80]
+
+    def _stack_suffix(self) -> str:
+        """The first group of the stack id's UUID: differs between two creations of the same stack."""
+        return cdk.Fn.select(0, cdk.Fn.split("-", cdk.Fn.select(2, cdk.Fn.split("/", self.stack_id))))
+
+    def definition_text(self) -> str:
+        text = self.definition_path.read_text(encoding="utf-8")
+        json.loads(text)  # a broken file fails the synth here, with the JSON error
+        unknown = set(_PLACEHOLDER.findall(text)) - set(SUBSTITUTION_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{self.definition_path}: placeholders {sorted(unknown)} have no substitution "
+                f"(CDK supplies {list(SUBSTITUTION_KEYS)})"
+            )
+        return text
+
+    def substitutions(self) -> dict[str, str]:
+        values = {
+            "PlanFunctionArn": self.functions["plan"].function_arn,
+            "FetchFunctionArn": self.functions["fetch"].function_arn,
+            "AdvanceFunctionArn": self.functions["advance"].function_arn,
+            "BucketName": self.bucket.bucket_name,
+            "LedgerTableName": self.table.table_name,
+        }
+        missing = set(SUBSTITUTION_KEYS) - set(values)
+        if missing:
+            raise ValueError(f"no value for definition substitutions {sorted(missing)}")
+        return {k: values[k] for k in SUBSTITUTION_KEYS}
+
+    def _state_machine(self) -> sfn.StateMachine:
+        name = self.state_machine_name
+        log_group = logs.LogGroup(
+            self,
+            "StateMachineLogs",
+            # the /aws/vendedlogs/ prefix keeps CloudWatch Logs' resource policy from growing per log group; the
+            # suffix (from the stack's id) keeps a retained log group from blocking a re-created stack
+            log_group_name=cdk.Fn.join("", [f"/aws/vendedlogs/states/{name}-", self._stack_suffix()]),
+            retention=self.config.log_retention,
+            removal_policy=self.removal_policy,
+        )
+        machine = sfn.StateMachine(
+            self,
+            "HarvestStateMachine",
+            state_machine_name=name,
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_string(self.definition_text()),
+            definition_substitutions=self.substitutions(),
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            tracing_enabled=True,
+            # holds no data; a retained one would block re-creating the stack (its name is fixed)
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+
+        # the ARNs of this state machine and its executions, built from the fixed name (no circular dependency)
+        machine_arn = self.format_arn(service="states", resource="stateMachine", resource_name=name,
+                                      arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+        executions_arn = self.format_arn(service="states", resource="execution", resource_name=f"{name}:*",
+                                         arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+        statements = [
+            iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
+                                resources=[fn.function_arn for fn in self.functions.values()]),
+            # Distributed Map: ItemReader reads the level manifests under runs/
+            iam.PolicyStatement(sid="ReadManifests", actions=["s3:GetObject"],
+                                resources=[self.bucket.arn_for_objects(f"{RUNS_PREFIX}*")]),
+            # Distributed Map: child workflow executions of this very state machine
+            iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]),
+            iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
+                                resources=[executions_arn]),
+            # run start/finish and batch failures are written by the workflow itself (direct integration)
+            iam.PolicyStatement(sid="LedgerWrites", actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"],
+                                resources=[self.table.table_arn]),
+        ]  # fmt: skip
+        for statement in statements:
+            machine.add_to_role_policy(statement)
+        return machine
+
+    def _outputs(self) -> None:
+        example = self.sources[0].name if self.sources else "demo"
+        cdk.CfnOutput(self, "StateMachineArn", value=self.state_machine.state_machine_arn,
+                      description="Start a run here (Step Functions console: Start execution)")  # fmt: skip
+        cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name,
+                      description="raw/{source}/{run_id}/... records, runs/... run state")  # fmt: skip
+        cdk.CfnOutput(self, "LedgerTableName", value=self.table.table_name, description="DynamoDB run ledger")
+        cdk.CfnOutput(self, "ExampleExecutionInput", value=json.dumps({"source": example}),
+                      description='Execution input; optional "run_id", or "resume": "<run_id>"')  # fmt: skip
+        cdk.CfnOutput(self, "Sources", value=",".join(s.name for s in self.sources) or "(none)",
+                      description="Deployed sources; put each API key in the secret harvester/{source}")  # fmt: skip

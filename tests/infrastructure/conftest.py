@@ -1,0 +1,19 @@
+"""Build the CDK app once per test session, without bundling (no pip, no Docker) and without cdk-nag."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import HarvesterApp, make_app, render_definition, resource
+
+
+@pytest.fixture(scope="session")
+def harvester_app() -> HarvesterApp:
+    from aws_cdk.assertions import Template
+
+    app, stack = make_app()
+    template = Template.from_stack(stack)
+    cfn = template.to_json()
+    machines = resource(cfn, "AWS::StepFunctions::StateMachine")
+    assert len(machines) == 1
+    return HarvesterApp(app=app, stack=stack, template=template, cfn=cfn, definition=render_definition(machines[0][1]))

@@ -1,0 +1,53 @@
+"""The Lambda functions: runtime, architecture, handlers, environment, limits."""
+
+from __future__ import annotations
+
+from .helpers import resource
+
+HANDLERS = {"plan": "lambdas.plan.handler", "fetch": "lambdas.fetch.handler", "advance": "lambdas.advance.handler"}
+
+
+def props_of(harvester_app, name):
+    fn = harvester_app.stack.functions[name]
+    return harvester_app.cfn["Resources"][harvester_app.stack.get_logical_id(fn.node.default_child)]["Properties"]
+
+
+def test_three_functions_with_their_handlers(harvester_app):
+    assert set(harvester_app.stack.functions) >= set(HANDLERS)
+    for name, handler in HANDLERS.items():
+        props = props_of(harvester_app, name)
+        assert props["Handler"] == handler
+        assert props["Runtime"] == "python3.12"
+        assert props["Architectures"] == ["arm64"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+
+
+def test_environment(harvester_app):
+    for name in HANDLERS:
+        env = props_of(harvester_app, name)["Environment"]["Variables"]
+        assert env["HARVESTER_SOURCES_DIR"] == "/var/task/sources"
+        assert env["HARVESTER_SECRET_PREFIX"] == "harvester/"
+        assert env["POWERTOOLS_SERVICE_NAME"] == "harvester"
+        assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Harvester"
+        assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+        assert "DataBucket" in str(env["HARVESTER_BUCKET"])
+        assert "LedgerTable" in str(env["HARVESTER_TABLE"])
+
+
+def test_limits(harvester_app):
+    fetch = props_of(harvester_app, "fetch")
+    assert fetch["Timeout"] == 900 and 512 <= fetch["MemorySize"] <= 1024
+    for name in ("plan", "advance"):
+        assert 120 <= props_of(harvester_app, name)["Timeout"] <= 300
+
+
+def test_no_function_outside_the_known_ones(harvester_app):
+    # CDK's own helper functions (e.g. auto-delete) would show up here; none is expected
+    assert len(resource(harvester_app.cfn, "AWS::Lambda::Function")) == len(harvester_app.stack.functions)
+
+
+def test_outputs(harvester_app):
+    outputs = harvester_app.cfn["Outputs"]
+    for key in ("StateMachineArn", "BucketName", "LedgerTableName", "ExampleExecutionInput"):
+        assert key in outputs
+    assert outputs["ExampleExecutionInput"]["Value"].startswith('{"source": ')

@@ -1,0 +1,98 @@
+"""Least privilege: no `*` resource on data actions, each function's grants, the workflow's own grants."""
+
+from __future__ import annotations
+
+import json
+
+from .helpers import resource
+
+DATA_SERVICES = ("s3:", "dynamodb:", "secretsmanager:", "states:", "lambda:", "kms:", "sqs:", "sns:")
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def statements(cfn: dict) -> list[tuple[str, dict]]:
+    out = []
+    for logical_id, policy in resource(cfn, "AWS::IAM::Policy"):
+        out += [(logical_id, s) for s in policy["Properties"]["PolicyDocument"]["Statement"]]
+    for logical_id, role in resource(cfn, "AWS::IAM::Role"):
+        for inline in role["Properties"].get("Policies", []):
+            out += [(logical_id, s) for s in inline["PolicyDocument"]["Statement"]]
+    return out
+
+
+def policy_of(harvester_app, construct) -> list[dict]:
+    role_id = harvester_app.stack.get_logical_id(construct.role.node.default_child)
+    found = []
+    for _, policy in resource(harvester_app.cfn, "AWS::IAM::Policy"):
+        if {"Ref": role_id} in policy["Properties"]["Roles"]:
+            found += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def actions(stmts: list[dict]) -> set[str]:
+    return {a for s in stmts if s["Effect"] == "Allow" for a in _as_list(s["Action"])}
+
+
+def test_no_star_resource_on_data_actions(harvester_app):
+    offenders = []
+    for logical_id, s in statements(harvester_app.cfn):
+        acts = _as_list(s.get("Action", []))
+        if s["Effect"] == "Allow" and "*" in _as_list(s.get("Resource", [])):
+            offenders += [(logical_id, a) for a in acts if a.startswith(DATA_SERVICES) or a == "*"]
+    assert not offenders, offenders
+
+
+def test_no_action_wildcards_and_no_deletes(harvester_app):
+    for logical_id, s in statements(harvester_app.cfn):
+        for a in _as_list(s.get("Action", [])):
+            assert "*" not in a or a.startswith(("xray:", "logs:")), (logical_id, a)
+            assert not a.startswith(("s3:Delete", "dynamodb:Delete", "dynamodb:DeleteTable")), (logical_id, a)
+
+
+def test_function_grants(harvester_app):
+    fns = harvester_app.stack.functions
+    plan, fetch, advance = (policy_of(harvester_app, fns[n]) for n in ("plan", "fetch", "advance"))
+    for stmts in (plan, advance):
+        assert not any(a.startswith("secretsmanager:") for a in actions(stmts))
+        writes = [s for s in stmts if "s3:PutObject" in _as_list(s["Action"])]
+        assert "/runs/*" in json.dumps(writes) and "/raw/*" not in json.dumps(writes)
+    fetch_writes = json.dumps([s for s in fetch if "s3:PutObject" in _as_list(s["Action"])])
+    assert "/runs/*" in fetch_writes and "/raw/*" in fetch_writes
+    fetch_reads = json.dumps([s for s in fetch if "s3:GetObject" in _as_list(s["Action"])])
+    assert "/runs/*" in fetch_reads and "/raw/*" not in fetch_reads
+    for stmts in (plan, fetch, advance):
+        assert {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"} <= actions(stmts)
+        for s in stmts:
+            if any(a.startswith("dynamodb:") for a in _as_list(s["Action"])):
+                assert "LedgerTable" in json.dumps(s["Resource"])
+
+
+def test_only_fetch_reads_secrets_and_only_the_source_secrets(harvester_app):
+    stack = harvester_app.stack
+    for name, fn in stack.functions.items():
+        stmts = [s for s in policy_of(harvester_app, fn) if any(a.startswith("secretsmanager:") for a in _as_list(s["Action"]))]
+        if name != "fetch" or not stack.secrets:
+            assert not stmts, name
+            continue
+        assert actions(stmts) == {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+        assert len(_as_list(stmts[0]["Resource"])) == len(stack.secrets)
+
+
+def test_state_machine_grants_for_a_distributed_map(harvester_app):
+    stack = harvester_app.stack
+    stmts = policy_of(harvester_app, stack.state_machine)
+    by_sid = {s.get("Sid"): s for s in stmts}
+    invoke = json.dumps(by_sid["InvokeFunctions"]["Resource"])
+    for fn in stack.functions.values():
+        assert stack.get_logical_id(fn.node.default_child) in invoke
+    assert by_sid["ReadManifests"]["Action"] == "s3:GetObject"
+    assert "/runs/*" in json.dumps(by_sid["ReadManifests"]["Resource"])
+    name = stack.state_machine_name
+    assert by_sid["StartChildExecutions"]["Action"] == "states:StartExecution"
+    assert json.dumps(by_sid["StartChildExecutions"]["Resource"]).endswith(f':stateMachine:{name}"]]}}')
+    assert set(by_sid["ManageChildExecutions"]["Action"]) == {"states:DescribeExecution", "states:StopExecution"}
+    assert f":execution:{name}:*" in json.dumps(by_sid["ManageChildExecutions"]["Resource"])
+    assert set(by_sid["LedgerWrites"]["Action"]) == {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"}

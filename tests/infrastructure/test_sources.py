@@ -1,0 +1,83 @@
+"""Every spec in sources/ is a deployed source with its own secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .helpers import ROOT, make_app, resource
+
+SPEC = """\
+name: {name}
+base_url: https://api.example.com
+{extra}
+levels:
+  - name: items
+    path: /items
+"""
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    from aws_cdk.assertions import Template
+
+    folder = tmp_path_factory.mktemp("sources")
+    (folder / "alpha.yaml").write_text(SPEC.format(name="alpha", extra="auth: {env: ALPHA_KEY}"))
+    (folder / "beta.yml").write_text(SPEC.format(name="beta", extra="auth: {env: BETA_KEY, secret: shared/beta-key}"))
+    (folder / "gamma.yaml").write_text(SPEC.format(name="gamma", extra=""))
+    _, stack = make_app({"stackName": "HarvesterSources"}, sources_dir=folder)
+    return stack, Template.from_stack(stack).to_json()
+
+
+def test_one_secret_per_source_in_the_repo(harvester_app):
+    specs = [*(ROOT / "sources").glob("*.yaml"), *(ROOT / "sources").glob("*.yml")]
+    assert len(harvester_app.stack.sources) == len(specs)
+    created = [s for s in harvester_app.stack.sources if s.default_secret]
+    secrets = resource(harvester_app.cfn, "AWS::SecretsManager::Secret")
+    assert sorted(s["Properties"]["Name"] for _, s in secrets) == sorted(f"harvester/{s.name}" for s in created)
+
+
+def test_one_secret_per_source(two_sources):
+    stack, cfn = two_sources
+    assert [s.name for s in stack.sources] == ["alpha", "beta", "gamma"]
+    names = sorted(s["Properties"]["Name"] for _, s in resource(cfn, "AWS::SecretsManager::Secret"))
+    assert names == ["harvester/alpha", "harvester/gamma"]  # beta names an existing secret: referenced, not created
+    fetch_role = stack.get_logical_id(stack.functions["fetch"].role.node.default_child)
+    [policy] = [p for _, p in resource(cfn, "AWS::IAM::Policy") if {"Ref": fetch_role} in p["Properties"]["Roles"]]
+    [stmt] = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s.get("Sid") == "SourceSecrets"]
+    text = json.dumps(stmt["Resource"])
+    assert len(stmt["Resource"]) == 3
+    assert ":secret:shared/beta-key-??????" in text
+    for name in ("alpha", "gamma"):
+        assert {"Ref": stack.get_logical_id(stack.secrets[name].node.default_child)} in stmt["Resource"]
+    assert json.loads(cfn["Outputs"]["ExampleExecutionInput"]["Value"]) == {"source": "alpha"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base_url: https://x\n", "name"),
+        ("name: Bad_Name\n", "name"),
+        ("name: other\n", "file is named"),
+        ("name: src\nschedule: {timezone: UTC}\n", "cron"),
+        ("- a list\n", "mapping"),
+    ],
+)
+def test_a_spec_that_cannot_be_deployed_fails_the_synth_naming_the_file(tmp_path: Path, text, message):
+    from stacks.sources import SourceConfigError, discover
+
+    (tmp_path / "src.yaml").write_text(text)
+    with pytest.raises(SourceConfigError, match=message) as err:
+        discover(tmp_path)
+    assert "src.yaml" in str(err.value)
+
+
+def test_duplicate_names_are_refused(tmp_path: Path):
+    from stacks.sources import SourceConfigError, discover
+
+    (tmp_path / "dup.yaml").write_text("name: dup\n")
+    (tmp_path / "dup.yml").write_text("name: dup\n")
+    with pytest.raises(SourceConfigError, match="also defined"):
+        discover(tmp_path)

@@ -1,0 +1,131 @@
+"""The state machine in the template: the lead's definition file, verbatim, with every placeholder substituted,
+and the properties issue 3 asks of it (Distributed Map over S3 manifests, Retry and Catch on Tasks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .helpers import resource
+
+LAMBDA_SERVICE_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+
+#: Tasks allowed without a Catch, and why. A new Task without Catch fails the test until it is listed here.
+NO_CATCH = {
+    "Plan run": "a bad input or spec must fail the execution here, with its message, before anything is written",
+    "Record run start": "its condition failing (the run id exists) must fail the execution; nothing to record yet",
+    "Record run resume": "its condition failing (no such run, or it is RUNNING) must fail the execution",
+    "Record batch failure": "already the failure path of a batch; its next state is Fail",
+    "Record run success": "terminal ledger write; its next state is Succeed",
+    "Record run incomplete": "terminal ledger write; its next state is Fail",
+    "Record run failure": "terminal ledger write; its next state is Fail",
+}
+
+
+def all_states(states: dict, path: str = "") -> list[tuple[str, dict]]:
+    out = []
+    for name, state in states.items():
+        out.append((f"{path}{name}", state))
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            out += all_states(processor["States"], f"{path}{name}/")
+        for branch in state.get("Branches", []):
+            out += all_states(branch["States"], f"{path}{name}/")
+    return out
+
+
+@pytest.fixture(scope="module")
+def machine(harvester_app):
+    [(_, sm)] = resource(harvester_app.cfn, "AWS::StepFunctions::StateMachine")
+    return sm["Properties"]
+
+
+@pytest.fixture(scope="module")
+def states(harvester_app):
+    return all_states(harvester_app.definition["States"])
+
+
+def test_definition_is_the_file_verbatim_with_every_placeholder_substituted(harvester_app, machine):
+    from harvester.definition import SUBSTITUTION_KEYS, placeholders
+
+    assert machine["DefinitionString"] == harvester_app.stack.definition_path.read_text(encoding="utf-8")
+    assert set(machine["DefinitionSubstitutions"]) == set(SUBSTITUTION_KEYS)
+    assert placeholders(machine["DefinitionString"]) <= set(SUBSTITUTION_KEYS)
+    assert "${" not in json.dumps(harvester_app.definition)
+
+
+def test_substitutions_point_at_the_stacks_functions_bucket_and_table(harvester_app, machine):
+    subs = machine["DefinitionSubstitutions"]
+    ids = {name: harvester_app.stack.get_logical_id(fn.node.default_child) for name, fn in harvester_app.stack.functions.items()}
+    for name in ("plan", "fetch", "advance"):
+        ref = json.dumps(subs[f"{name.capitalize()}FunctionArn"])
+        assert ids[name] in ref, f"{name}: {ref}"
+    assert "DataBucket" in json.dumps(subs["BucketName"])
+    assert "LedgerTable" in json.dumps(subs["LedgerTableName"])
+
+
+def test_standard_with_full_logging_and_tracing(machine):
+    assert machine["StateMachineType"] == "STANDARD"
+    assert machine["LoggingConfiguration"]["Level"] == "ALL"
+    assert machine["TracingConfiguration"] == {"Enabled": True}
+
+
+def test_fans_out_with_a_distributed_map_over_an_s3_manifest(states):
+    maps = [(n, s) for n, s in states if s["Type"] == "Map"]
+    distributed = [(n, s) for n, s in maps if s.get("ItemProcessor", {}).get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED"]
+    assert distributed, "no Distributed Map state"
+    for name, state in distributed:
+        reader = state["ItemReader"]
+        assert reader["Resource"] == "arn:aws:states:::s3:getObject", name
+        assert reader["Parameters"]["Bucket"] == "placeholder-BucketName", name
+        assert "Key.$" in reader["Parameters"], f"{name}: the manifest key comes from the state (one per level)"
+        assert "MaxConcurrencyPath" in state, f"{name}: MaxConcurrency must come from the spec"
+        assert "ToleratedFailurePercentage" in state or "ToleratedFailurePercentagePath" in state, name
+    assert not [n for n, s in maps if (n, s) not in distributed], "inline Map states do not scale past the history limit"
+
+
+def test_every_task_retries_with_backoff_and_full_jitter(states):
+    tasks = [(n, s) for n, s in states if s["Type"] == "Task"]
+    assert tasks
+    for name, state in tasks:
+        assert state.get("Retry"), f"{name}: no Retry"
+        for retrier in state["Retry"]:
+            assert retrier.get("MaxAttempts", 3) >= 1
+        if state["Resource"].startswith("arn:aws:states:::lambda:invoke"):
+            covered = set().union(*(set(r["ErrorEquals"]) for r in state["Retry"]))
+            assert LAMBDA_SERVICE_ERRORS <= covered, f"{name}: Lambda service errors not retried"
+            service = [r for r in state["Retry"] if LAMBDA_SERVICE_ERRORS & set(r["ErrorEquals"])]
+            for r in service:
+                assert r.get("BackoffRate", 2) > 1 and r.get("JitterStrategy") == "FULL" and "MaxDelaySeconds" in r, name
+
+
+def test_every_task_catches_or_is_listed_with_a_reason(states):
+    missing = [n.rsplit("/", 1)[-1] for n, s in states if s["Type"] in ("Task", "Map") and not s.get("Catch")]
+    unexplained = sorted(set(missing) - set(NO_CATCH))
+    assert not unexplained, f"Tasks without Catch and without a reason in NO_CATCH: {unexplained}"
+
+
+def test_the_worker_failure_is_caught_and_recorded(states):
+    workers = [(n, s) for n, s in states if s["Type"] == "Task" and "FetchFunctionArn" in json.dumps(s)]
+    assert workers
+    for name, state in workers:
+        assert any("States.ALL" in c["ErrorEquals"] for c in state["Catch"]), name
+
+
+def test_lambda_tasks_call_only_the_stacks_functions(states):
+    for name, state in states:
+        if state["Type"] == "Task" and "lambda:invoke" in state["Resource"]:
+            fn = state["Parameters"]["FunctionName"]
+            assert fn.startswith("arn:aws:lambda:us-east-1:123456789012:function:"), f"{name}: {fn}"
+
+
+def test_ledger_writes_go_to_the_stacks_table(states):
+    for name, state in states:
+        if state["Type"] == "Task" and ":::dynamodb:" in state["Resource"]:
+            assert state["Parameters"]["TableName"] == "placeholder-LedgerTableName", name
