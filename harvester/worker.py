@@ -21,7 +21,17 @@ from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
 from harvester.template import lookup
 
-DEFAULT_IN_FLIGHT = 8
+MAX_IN_FLIGHT = 64  # connections one worker keeps open at most
+START_IN_FLIGHT = 4
+
+
+def lanes_needed(rate_share: float | None, latency: float, cap: int) -> int:
+    """Little's law: to sustain `rate_share` requests/s at `latency` seconds each, keep rate x latency requests
+    in flight (x2 headroom: latency jitter, and workers that finish early leave their share to the others;
+    +1 so a lane waiting on a token does not idle the pipe). The shared limiter keeps the sum under the rate."""
+    if rate_share is None:
+        return cap
+    return max(1, min(cap, int(rate_share * latency * 2) + 1))
 
 
 class BatchIncomplete(Exception):
@@ -87,6 +97,7 @@ async def harvest_batch(
     secret: str | None,
     time_budget: float,
     transport: httpx.AsyncBaseTransport | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Harvest one batch. Returns a small summary; raises BatchIncomplete or BatchFailed after saving progress."""
     started = time.monotonic()
@@ -114,20 +125,26 @@ async def harvest_batch(
 
     # stop starting parents a little before the deadline so that writing the results fits in
     margin = min(30.0, 0.1 * time_budget)
-    in_flight = spec.max_in_flight or DEFAULT_IN_FLIGHT
+    # requests in flight: fixed by the spec, or sized from this worker's share of the rate and the latency seen
+    cap = spec.max_in_flight or MAX_IN_FLIGHT
+    workers = workers or spec.max_concurrency  # batches of this level running at once
+    rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
+    in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
     fetched: dict[str, list[Any]] = {}
     failures: dict[str, dict[str, Any]] = {}
     out_of_time = False
     auth_error: AuthFailed | None = None
 
     timeout = httpx.Timeout(spec.timeouts.read, connect=spec.timeouts.connect)
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport) as http:
         fetcher = Fetcher(spec, http, limiter, secret, deadline - 1.0)
         queue: asyncio.Queue = asyncio.Queue()
         for p in todo:
             queue.put_nowait(p)
+
+        lanes: list[asyncio.Task] = []
 
         async def lane() -> None:
             nonlocal out_of_time, auth_error
@@ -146,8 +163,20 @@ async def harvest_batch(
                     failures[key] = {**exc.as_item(), "parent": key}
                 except CallFailed as exc:
                     failures[key] = {**exc.as_item(), "parent": key}
+                grow()
 
-        await asyncio.gather(*(lane() for _ in range(max(1, min(in_flight, len(todo))))))
+        def grow() -> None:
+            """Add lanes while Little's law says more requests in flight are needed (never more than parents)."""
+            stats = fetcher.stats
+            if spec.max_in_flight or not stats.calls:
+                return
+            want = lanes_needed(rate_share, stats.latency_sum / stats.calls, cap)
+            while sum(not task.done() for task in lanes) < min(want, queue.qsize()):
+                lanes.append(asyncio.create_task(lane()))
+
+        lanes.extend(asyncio.create_task(lane()) for _ in range(max(1, min(in_flight, len(todo)))))
+        while lanes and not all(task.done() for task in lanes):
+            await asyncio.gather(*lanes)
         stats = fetcher.stats
 
     # --- turn pages into records and child items -------------------------------------------------------------

@@ -30,6 +30,7 @@ class FetchEvent(BaseModel):
     run: dict[str, Any]
     level: int
     batch: dict[str, Any]
+    workers: int | None = None
 
 
 def time_budget(context: LambdaContext) -> float:
@@ -61,7 +62,7 @@ def handler(event: FetchEvent, context: LambdaContext) -> dict:
             return await harvest_batch(
                 spec, event.run, event.level, event.batch,
                 store=aws.store(), ledger=aws.ledger(), limiter=limiter,
-                secret=resolve_secret(spec), time_budget=time_budget(context),
+                secret=resolve_secret(spec), time_budget=time_budget(context), workers=event.workers,
             )
         finally:
             await limiter.close()
