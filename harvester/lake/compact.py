@@ -23,7 +23,7 @@ from .store import Store, get_many
 from .timeutil import from_units, iso
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
-DEFAULT_SORT_BUDGET = 512 * 1024 * 1024  # compressed staging bytes under which a partition is sorted as a whole
+DEFAULT_SORT_BUDGET = 128 * 1024 * 1024  # compressed staging bytes under which a partition is sorted as a whole
 ROW_GROUP_ROWS = 512 * 1024
 
 
@@ -92,8 +92,14 @@ def compact_partition(
         if table.num_rows > 1 and tcol in table.column_names:
             table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
         tables = iter([table])
-    else:  # too big to sort at once: concatenate the (individually sorted) staging files in key order
-        tables = (conform(f.read(), schema) for f in files)
+    else:  # too big to sort at once: each staging file sorted, in key order
+        def sorted_tables():
+            for f in files:
+                t = conform(f.read(), schema)
+                if t.num_rows > 1 and tcol in t.column_names:
+                    t = t.take(pc.sort_indices(t, sort_keys=[(tcol, "ascending")]))
+                yield t
+        tables = sorted_tables()
 
     written: list[dict] = []
     state = {"sink": None, "writer": None, "rows": 0, "min": None, "max": None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -36,7 +37,7 @@ from .store import Store, get_many
 
 DEFAULT_GROUP_BYTES = 32 * 1024 * 1024  # compressed raw bytes per conversion group
 STAGING_COMPRESSION_LEVEL = 1
-JSON_BLOCK_SIZE = 8 * 1024 * 1024
+JSON_BLOCK_SIZE = 1024 * 1024
 _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
 
 
@@ -114,14 +115,6 @@ def decompress(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _read_json(data: bytes, explicit: pa.Schema) -> pa.Table:
-    return pj.read_json(
-        pa.BufferReader(data),
-        read_options=pj.ReadOptions(block_size=JSON_BLOCK_SIZE),
-        parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"),
-    )
-
-
 def _explicit_schema(types: dict[str, pa.DataType]) -> pa.Schema:
     names = list(META_STRING_FIELDS) + [n for n, t in types.items() if pa.types.is_string(t) and "__" not in n]
     return pa.schema([(n, pa.string()) for n in dict.fromkeys(names)])
@@ -150,34 +143,72 @@ def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues, 
     return table
 
 
-def read_raw(blobs: list[bytes], names: list[str], types: dict[str, pa.DataType], bad: BadValues):
-    """Decompress and parse raw objects into one flat table; returns (table, locate(row) -> (key, line))."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        texts = list(pool.map(decompress, blobs))
-    texts = [t if t.endswith(b"\n") or not t else t + b"\n" for t in texts]
+def _read_object(blob: bytes, explicit: pa.Schema) -> pa.Table:
+    """One raw object, gunzipped inside Arrow (no Python-side copy)."""
+    stream = pa.CompressedInputStream(pa.BufferReader(blob), "gzip") if blob[:2] == b"\x1f\x8b" else pa.BufferReader(blob)
+    return pj.read_json(
+        stream,
+        read_options=pj.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=False),
+        parse_options=pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer"),
+    )
+
+
+def _hint(schema: pa.Schema, explicit: pa.Schema) -> pa.Schema:
+    """The first object's inferred schema, given to the others as explicit (inference costs ~25% of parsing);
+    fields of null type are left to inference, unknown fields are still inferred."""
+    fields = {f.name: f for f in explicit}
+    for f in schema:
+        if f.name not in fields and not _has_null(f.type):
+            fields[f.name] = f
+    return pa.schema(list(fields.values()))
+
+
+def _has_null(t: pa.DataType) -> bool:
+    if pa.types.is_null(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_null(c.type) for c in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_null(t.value_type)
+    return False
+
+
+def read_raw(blobs: list[bytes], names: list[str], types: dict[str, pa.DataType], bad: BadValues, threads: int | None = None):
+    """Parse raw objects into one flat table; returns (table, locate(row) -> (key, line)).
+
+    Objects are parsed concurrently (Arrow releases the GIL). An object the reader rejects with the schema
+    hint is parsed again with inference; one it rejects even so (a field with mixed JSON types, a broken
+    line) is read row by row, so one odd object never fails the group.
+    """
     explicit = _explicit_schema(types)
-    lines = [t.count(b"\n") for t in texts]
-    try:
-        table = flatten_table(_read_json(b"".join(texts), explicit))
-        if table.num_rows != sum(lines):
-            lines = None  # blank lines somewhere: row -> line mapping is approximate
-    except pa.ArrowInvalid:
-        tables = []
-        for text, name in zip(texts, names):
+    hint = explicit
+
+    def one(blob, name):
+        for schema in ((hint, explicit) if hint is not explicit else (explicit,)):
             try:
-                tables.append(flatten_table(_read_json(text, explicit)))
+                return _read_object(blob, schema)
             except pa.ArrowInvalid:
-                tables.append(flatten_table(_tolerant_read(text, name, explicit, bad, set(types))))
-        lines = [t.num_rows for t in tables]
+                continue
+        return _tolerant_read(decompress(blob), name, explicit, bad, set(types))
+
+    raw_tables = []
+    if blobs:
+        raw_tables.append(one(blobs[0], names[0]))
+        hint = _hint(raw_tables[0].schema, explicit)
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
+        raw_tables += list(pool.map(one, blobs[1:], names[1:]))
+    tables = [flatten_table(t) for t in raw_tables]
+    lines = [t.num_rows for t in tables]
+    if not tables:
+        table = pa.table({})
+    else:
         schema = unify([t.schema for t in tables])
-        table = pa.concat_tables([conform(t, schema) for t in tables])
-    starts = np.cumsum([0] + (lines or []))
+        table = pa.concat_tables([t if t.schema == schema else conform(t, schema) for t in tables])
+    starts = np.cumsum([0] + lines)
 
     def locate(row: int) -> tuple[str | None, int]:
-        if lines is None:
-            return None, row + 1
         i = int(np.searchsorted(starts, row, side="right")) - 1
-        return names[i], row - int(starts[i]) + 1
+        return names[i], row - int(starts[i]) + 1  # line number, assuming no blank lines
 
     return table, locate
 
@@ -204,8 +235,10 @@ def convert_table(
     *,
     time_field: str | None = None,
     types: dict[str, str] | None = None,
+    sort: bool = False,
 ) -> tuple[pa.Table, BadValues]:
-    """Pure conversion (no storage): raw objects -> flat, typed Arrow table sorted by event time."""
+    """Pure conversion (no storage): raw objects -> flat, typed Arrow table (sorted by event time if ``sort``;
+    the commit step sorts each partition anyway)."""
     resolved = resolve_types(types, time_field)
     bad = BadValues()
     table, locate = read_raw(blobs, names, resolved, bad)
@@ -214,7 +247,7 @@ def convert_table(
     if table.schema.get_field_index(tcol) < 0:
         table = table.append_column(pa.field(tcol, resolved.get(tcol, resolved[FETCHED_AT])),
                                     pa.nulls(table.num_rows, resolved.get(tcol, resolved[FETCHED_AT])))
-    if table.num_rows > 1:
+    if sort and table.num_rows > 1:
         table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
     return table, bad
 
@@ -225,24 +258,35 @@ def time_column(time_field: str | None) -> str:
 
 
 def split_partitions(table: pa.Table, *, time_field: str | None, run_date: str | None = None) -> list[tuple[str, pa.Table]]:
-    """[(``event_date=YYYY-MM-DD`` | ``run_date=YYYY-MM-DD``, rows)] of a table sorted by its time column."""
+    """[(``event_date=YYYY-MM-DD`` | ``run_date=YYYY-MM-DD``, rows)] by the UTC day of the time column
+    (``run_date`` given: one partition for a level without a time field). Rows without a time go to
+    ``...=__HIVE_DEFAULT_PARTITION__``."""
     if table.num_rows == 0:
         return []
     if not time_field and run_date:
         return [(f"run_date={run_date}", table)]
     name = "event_date" if time_field else "run_date"
     col = table[time_column(time_field)]
-    unit = col.type.unit
-    valid = table.num_rows - col.null_count  # nulls sorted to the end
-    days = np.floor_divide(col.slice(0, valid).cast(pa.int64()).to_numpy(), _UNIT_PER_DAY[unit]) if valid else np.array([], dtype=np.int64)
-    cuts = [0] + (np.flatnonzero(np.diff(days)) + 1).tolist() + [valid]
+    per_day = _UNIT_PER_DAY[col.type.unit]
+    ints = col.cast(pa.int64())
+    mm = pc.min_max(ints).as_py() if col.null_count < len(col) else {"min": None, "max": None}
     out = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        if b > a:
-            day = date.fromordinal(date(1970, 1, 1).toordinal() + int(days[a])).isoformat()
-            out.append((f"{name}={day}", table.slice(a, b - a)))
-    if valid < table.num_rows:
-        out.append((f"{name}={layout.HIVE_NULL}", table.slice(valid)))
+
+    def day(n: int) -> str:
+        return date.fromordinal(date(1970, 1, 1).toordinal() + n).isoformat()
+
+    if mm["min"] is not None:
+        lo, hi = mm["min"] // per_day, mm["max"] // per_day
+        if lo == hi:
+            out.append((f"{name}={day(lo)}", table.filter(pc.is_valid(col)) if col.null_count else table))
+        else:
+            days = pa.array(np.floor_divide(ints.to_numpy(zero_copy_only=False), per_day)) if not col.null_count else \
+                pc.floor(pc.divide(ints.cast(pa.float64()), float(per_day))).cast(pa.int64())
+            for d in pc.unique(days).drop_null().to_pylist():
+                out.append((f"{name}={day(d)}", table.filter(pc.equal(days, d))))
+            out.sort()
+    if col.null_count:
+        out.append((f"{name}={layout.HIVE_NULL}", table.filter(pc.is_null(col))))
     return out
 
 

@@ -42,7 +42,7 @@ from . import layout
 from .index import FileIndex
 from .schema import SEP, conform, lineage_column, unify
 from .store import Store
-from .timeutil import from_units, iso, parse_instant, to_units
+from .timeutil import iso, parse_instant, to_units
 
 AGG_OPS = {"count", "sum", "min", "max", "mean", "share"}
 FILTER_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null"}
