@@ -64,6 +64,7 @@ def _optional(body: Any, path: str | None) -> Any:
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_REL = re.compile(r';\s*rel\s*=\s*(?:"([^"]*)"|([^\s;"]+))', re.IGNORECASE)
 
 
 def next_link(header: str | None) -> str | None:
@@ -72,7 +73,8 @@ def next_link(header: str | None) -> str | None:
         return None
     for m in _LINK.finditer(header):
         params = m.group(2)
-        if re.search(r';\s*rel\s*=\s*"?([^";]*\s)?next(\s[^";]*)?"?', params, re.IGNORECASE):
+        rel = _REL.search(params)
+        if rel and "next" in (rel.group(1) if rel.group(1) is not None else rel.group(2)).lower().split():
             return m.group(1)
     return None
 
