@@ -134,7 +134,9 @@ def next_request(
             cursor = _optional(body, pagination.cursor_path)
             if cursor in (None, "", False):
                 return None
-            if cursor == request.params.get(pagination.cursor_param):
+            if str(cursor) == request.params.get(pagination.cursor_param):
+                if n_records == 0:  # an empty page pointing at itself: not the end, ask again
+                    raise IncompleteListError(f"{request.url}: empty page with the cursor it was asked with")
                 raise PaginationError(f"{request.url}: the vendor returned the same cursor twice ({cursor!r})")
             return PageRequest(url=request.url, params={**request.params, pagination.cursor_param: str(cursor)}, number=nxt)
         case s.NextUrlPagination():
