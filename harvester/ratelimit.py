@@ -123,6 +123,7 @@ class LimiterConfig:
     recovery: float = 0.05  # additive increase: fraction of the ceiling per 429-free second
     cut_cooldown: float = 1.0  # 429s within this many seconds of a cut do not cut again
     max_ahead: float = 0.5  # no lease starts later than this after now: bounds the backlog
+    jitter: float = 0.01  # seconds of send-path jitter the burst budget keeps in reserve
     grace: float = field(default=-1.0)  # seconds a slot stays usable; <0: derived
     bucket_cap: float = field(default=-1.0)  # burst credit kept in the bucket; <0: derived
 
@@ -136,7 +137,8 @@ class LimiterConfig:
             object.__setattr__(self, "grace", g)
         if self.bucket_cap < 0:
             object.__setattr__(
-                self, "bucket_cap", max(0.0, self.burst - 1 - self.ceiling * self.grace)
+                self, "bucket_cap",
+                max(0.0, self.burst - 1 - self.ceiling * (self.grace + self.jitter)),
             )
 
     @property
@@ -148,68 +150,68 @@ class LimiterConfig:
 
 
 def _initial_state(now: float, cfg: LimiterConfig) -> dict[str, float]:
-    return {
-        "tokens": cfg.bucket_cap,
-        "updated_at": now,
-        "rate": cfg.ceiling,
-        "rate_at": now,
-        "paused_until": 0.0,
-        "last_cut": 0.0,
-        "version": 0,
-    }
+    return {"tat": 0.0, "rate": cfg.ceiling, "rate_at": 0.0, "paused_until": 0.0,
+            "last_cut": 0.0}
 
 
-def _advance(state: dict[str, float], now: float, cfg: LimiterConfig) -> tuple[dict, float]:
-    """Bring the bucket to ``now`` (clamped: never before updated_at): additive increase of the
-    rate, refill from elapsed time, capped at bucket_cap. Returns (new state, effective now)."""
-    s = dict(state)
-    t = max(now, float(s["updated_at"]))  # clock skew: time never runs backwards on the item
-    rate = min(float(s["rate"]), cfg.ceiling)
+def current_rate(s: dict, now: float, cfg: LimiterConfig) -> float:
+    """The shared AIMD rate at ``now``: the base rate set by the last cut, plus ``recovery`` x
+    ceiling per second since the cut (or the end of the pause, if later); within [floor, ceiling].
+    A function of time, so recovering needs no write."""
     since = max(float(s["rate_at"]), float(s["paused_until"]))
-    if t > since and rate < cfg.ceiling:
-        rate = min(cfg.ceiling, rate + cfg.recovery * cfg.ceiling * (t - since))
-    rate = max(rate, cfg.floor)
-    elapsed = t - float(s["updated_at"])  # >= 0
-    tokens = min(cfg.bucket_cap, float(s["tokens"]) + rate * elapsed)
-    s.update(tokens=tokens, updated_at=t, rate=rate, rate_at=max(float(s["rate_at"]), t))
-    return s, t
+    rate = float(s["rate"]) + cfg.recovery * cfg.ceiling * max(0.0, now - since)
+    return max(cfg.floor, min(cfg.ceiling, rate))
 
 
-def compute_lease(
-    state: dict | None, now: float, want: int, cfg: LimiterConfig
-) -> tuple[dict, list[float]]:
-    """Take ``want`` tokens; returns the new state and the send time of each token."""
-    if state is None:
-        state = _initial_state(now, cfg)
-    s, t = _advance(state, now, cfg)
-    rate, tokens = s["rate"], s["tokens"]
-    first = t + max(0.0, (1 - tokens) / rate)
-    if first > now + cfg.max_ahead:
-        # the fleet has reserved more than max_ahead seconds: come back later (no write), so
-        # that the slots a worker holds are never far in the future (a worker that dies or a run
-        # that ends leaves at most max_ahead + one block unused)
-        s["retry_at"] = first - cfg.max_ahead
+def plan_lease(s: dict | None, now: float, want: int, cfg: LimiterConfig) -> dict:
+    """What a lease of ``want`` tokens at ``now`` does to the bucket state ``s``.
+
+    Returns ``{"kind": "append"|"reset"|"create"|"refuse", "rate", "lo", "hi", "start", "tat",
+    "slots", "retry_at"}``: ``append`` when the schedule is busy (``lo <= tat <= hi``: just add
+    our span to ``tat``), ``reset`` when it is idle (``tat < lo``: start at ``lo``, which is the
+    burst credit), ``refuse`` when more than ``max_ahead`` is already reserved."""
+    if s is None:
+        s = _initial_state(now, cfg)
+        kind = "create"
+    else:
+        kind = None
+    rate = current_rate(s, now, cfg)
+    lo = now - cfg.bucket_cap / rate
+    # the write's condition allows one block more than the plan: a cached tat a little stale
+    # (others appended since we last saw it) then still succeeds instead of costing a retry
+    hi = now + cfg.max_ahead + cfg.block_seconds
+    tat = float(s["tat"])
+    if tat > now + cfg.max_ahead:
+        return {"kind": "refuse", "rate": rate, "retry_at": tat - cfg.max_ahead, "slots": []}
+    if kind is None:
+        kind = "append" if tat >= lo else "reset"
+    start = max(tat, lo)
+    slots = [max(now, start + (k + 1) / rate) for k in range(want)]
+    return {"kind": kind, "rate": rate, "lo": lo, "hi": hi, "start": start,
+            "tat": start + want / rate, "span": want / rate, "slots": slots}
+
+
+def compute_lease(state: dict | None, now: float, want: int, cfg: LimiterConfig):
+    """(new state, slots) of a lease; slots == [] when refused (state["retry_at"] says when)."""
+    p = plan_lease(state, now, want, cfg)
+    s = dict(state) if state is not None else _initial_state(now, cfg)
+    if p["kind"] == "refuse":
+        s["retry_at"] = p["retry_at"]
         return s, []
-    slots = [t + max(0.0, (k + 1 - tokens) / rate) for k in range(want)]
-    s["tokens"] = tokens - want
-    return s, slots
+    s["tat"] = p["tat"]  # never decreases: start >= tat
+    return s, p["slots"]
 
 
-def compute_throttle(
-    state: dict | None, now: float, retry_after: float, cfg: LimiterConfig
-) -> dict:
-    if state is None:
-        state = _initial_state(now, cfg)
-    s, t = _advance(state, now, cfg)
-    if t - float(s["last_cut"]) >= cfg.cut_cooldown:
-        s["rate"] = max(cfg.floor, s["rate"] * cfg.cut_factor)
-        s["last_cut"] = t
-        s["rate_at"] = t
-    pause_end = t + retry_after
-    if pause_end > float(s["paused_until"]):
-        s["paused_until"] = pause_end
-    # nobody gets a new slot before paused_until, and no burst credit right after it
-    s["tokens"] = min(s["tokens"], -(float(s["paused_until"]) - t) * s["rate"], 0.0)
+def compute_throttle(state: dict | None, now: float, retry_after: float, cfg: LimiterConfig):
+    """A 429 at ``now``: cut the rate (once per cut_cooldown) and push the schedule past the
+    pause (no burst credit right after it either)."""
+    s = dict(state) if state is not None else _initial_state(now, cfg)
+    if now - float(s["last_cut"]) >= cfg.cut_cooldown:
+        s["rate"] = max(cfg.floor, current_rate(s, now, cfg) * cfg.cut_factor)
+        s["rate_at"] = now
+        s["last_cut"] = now
+    s["paused_until"] = max(float(s["paused_until"]), now + retry_after)
+    s["tat"] = max(float(s["tat"]), float(s["paused_until"]))
     return s
 
 
@@ -218,7 +220,7 @@ class Lease:
     slots: list[float]
     rate: float
     paused_until: float
-    version: Any = None  # the bucket version this lease wrote (for give-back)
+    version: Any = None  # the tat this lease wrote: give-back is allowed while it is unchanged
     writes: int = 1
     conflicts: int = 0
     retry_at: float = 0.0  # a refused lease (backlog too long): try again then
@@ -242,25 +244,20 @@ class MemoryBucket:
         with self._lock:
             s, slots = compute_lease(self.state, clock(), want, cfg)
             if not slots:
-                return Lease([], s["rate"], s["paused_until"], None, 0, 0,
-                             retry_at=s["retry_at"])
-            s["version"] = int(s["version"]) + 1
+                return Lease([], 0.0, s["paused_until"], None, 0, 0, retry_at=s["retry_at"])
             self.state = s
-            return Lease(slots, s["rate"], s["paused_until"], s["version"])
+            return Lease(slots, current_rate(s, clock(), cfg), s["paused_until"], s["tat"], 0)
 
     def throttle(self, now: float, retry_after: float, cfg: LimiterConfig) -> float:
         with self._lock:
-            s = compute_throttle(self.state, now, retry_after, cfg)
-            s["version"] = int(s["version"]) + 1
-            self.state = s
-            return s["rate"]
+            self.state = compute_throttle(self.state, now, retry_after, cfg)
+            return current_rate(self.state, now, cfg)
 
-    def give_back(self, version: Any, count: int, cfg: LimiterConfig) -> bool:
+    def give_back(self, version: Any, count: int, rate: float) -> bool:
         with self._lock:
-            if self.state is None or self.state["version"] != version or count <= 0:
+            if self.state is None or self.state["tat"] != version or count <= 0:
                 return False
-            self.state = dict(self.state, tokens=self.state["tokens"] + count)
-            self.state["version"] += 1
+            self.state = dict(self.state, tat=self.state["tat"] - count / rate)
             return True
 
     def peek(self) -> dict | None:
@@ -268,11 +265,16 @@ class MemoryBucket:
             return dict(self.state) if self.state else None
 
 
-_STATE_FIELDS = ("tokens", "updated_at", "rate", "rate_at", "paused_until", "last_cut")
+_STATE_FIELDS = ("tat", "rate", "rate_at", "paused_until", "last_cut")
 
 
 def _num(x: float) -> Decimal:
     return Decimal(repr(float(x))).quantize(Decimal("0.000001"))
+
+
+def _q(x: float) -> float:
+    """The value as stored (6 decimals), so local comparisons match the item's."""
+    return float(_num(x))
 
 
 class DynamoBucket:
@@ -280,7 +282,7 @@ class DynamoBucket:
 
     cheap = False
 
-    def __init__(self, table: Any, source: str, *, max_attempts: int = 100) -> None:
+    def __init__(self, table: Any, source: str, *, max_attempts: int = 200) -> None:
         if isinstance(table, str):
             import boto3
 
@@ -292,133 +294,158 @@ class DynamoBucket:
         self.source = source
         self.key = bucket_key(source)
         self.max_attempts = max_attempts
-        self._cache: dict | None = None  # the item as we last wrote or saw it
-        self._contended = False  # our last lease lost a race: read before the next write
-        self.reads = 0
+        self._cache: dict | None = None  # the item as we last saw it
+        self._others_active = False  # someone else moved tat since we last looked
+        self._refused = False  # our last lease was refused (backlog full)
         self._lock = threading.Lock()
+        self.reads = 0
 
-    # -- low level
     @staticmethod
     def _parse(item: dict | None) -> dict | None:
-        if not item or "version" not in item:
+        if not item or "tat" not in item:
             return None
         out: dict[str, Any] = {}
         for k in _STATE_FIELDS:
             v = item.get(k)
             if v is None:
                 out[k] = 0.0
-            elif isinstance(v, dict):
+            elif isinstance(v, dict):  # ALL_OLD on a failed condition comes untyped
                 out[k] = float(v["N"])
             else:
                 out[k] = float(v)
-        v = item["version"]
-        out["version"] = int(v["N"]) if isinstance(v, dict) else int(v)
         return out
 
     def read(self) -> dict | None:
+        self.reads += 1
         r = self.client.get_item(TableName=self.table_name, Key=self.key, ConsistentRead=True)
         return self._parse(r.get("Item"))
 
-    def _write(self, old: dict | None, new: dict, cfg: LimiterConfig, adds: dict[str, int]):
-        """Conditional write of ``new`` over ``old``. Returns (True, new) or (False, current)."""
+    def _update(self, expr: str, cond: str, values: dict, names: dict | None = None):
+        """One conditional UpdateItem. Returns (True, None) or (False, the current item)."""
         from botocore.exceptions import ClientError
 
-        names = {f"#{k}": k for k in _STATE_FIELDS}
-        names.update({"#version": "version", "#ceiling": "ceiling", "#burst": "burst",
-                      "#expires_at": "expires_at"})
-        values = {f":{k}": _num(new[k]) for k in _STATE_FIELDS}
-        new_version = (old["version"] if old else 0) + 1
-        values.update({
-            ":version": new_version,
-            ":ceiling": _num(cfg.ceiling),
-            ":burst": int(cfg.burst),
-            ":expires_at": int(new["updated_at"]) + ITEM_TTL_SECONDS,
-        })
-        sets = [f"#{k} = :{k}" for k in _STATE_FIELDS]
-        sets += ["#version = :version", "#ceiling = :ceiling", "#burst = :burst",
-                 "#expires_at = :expires_at"]
-        expr = "SET " + ", ".join(sets)
-        if adds:
-            expr += " ADD " + ", ".join(f"#{k} :{k}" for k in adds)
-            names.update({f"#{k}": k for k in adds})
-            values.update({f":{k}": int(v) for k, v in adds.items()})
-        if old is None:
-            cond = "attribute_not_exists(pk)"
-        else:
-            cond = "#version = :old_version"
-            values[":old_version"] = int(old["version"])
+        kw: dict[str, Any] = {}
+        if names:
+            kw["ExpressionAttributeNames"] = names
         try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=self.key,
-                UpdateExpression=expr,
-                ConditionExpression=cond,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            r = self.client.update_item(
+                TableName=self.table_name, Key=self.key, UpdateExpression=expr,
+                ConditionExpression=cond, ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD", **kw)
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            current = self._parse(e.response.get("Item"))
-            if current is None and old is None:
-                current = self.read()  # created by someone else; ALL_OLD not returned
-            return False, current
-        written = dict(new, version=new_version)
-        return True, written
+            return False, self._parse(e.response.get("Item"))
+        return True, r.get("Attributes", {})
 
-    def _update(self, cfg: LimiterConfig, fn, adds) -> tuple[dict, int, int, Any]:
+    def _remember(self, s: dict | None) -> None:
         with self._lock:
-            old = self._cache
-            contended = self._contended
+            self._cache = s
+
+    def lease(self, clock: Callable[[], float], want: int, cfg: LimiterConfig) -> Lease:
+        with self._lock:
+            s = self._cache
+        if self._refused:
+            # we were told to wait for a full backlog: others have been appending meanwhile, so
+            # look (a consistent read is 1/5 the price of a failed conditional write)
+            s = self.read()
         writes = conflicts = 0
-        if contended:  # others wrote since our last lease: a read is 5x cheaper than a lost write
-            old = self.read()
-            self.reads += 1
-        for attempt in range(self.max_attempts):
-            new, extra = fn(old)
-            if extra == []:  # a refused lease: nothing to write
-                return new, writes, conflicts, extra
-            ok, cur = self._write(old, new, cfg, adds(extra))
+        for _ in range(self.max_attempts):
+            now = clock()  # read right before each attempt: the slots start at the write
+            p = plan_lease(s, now, want, cfg)
+            self._refused = p["kind"] == "refuse"
+            if p["kind"] == "refuse":
+                self._remember(s)
+                return Lease([], p["rate"], s["paused_until"], None, writes, conflicts,
+                             retry_at=p["retry_at"])
+            if p["kind"] == "reset" and self._others_active and s["tat"] >= now - 1.0:
+                # our view is old and others are leasing: the schedule is most likely busy by
+                # now, so try to append (a failed condition costs as much as a write)
+                p = dict(p, kind="append")
+            tat = _q(p["tat"])
+            exp = int(now) + ITEM_TTL_SECONDS
+            common = {":n": want, ":one": 1, ":exp": exp}
+            adds = "ADD leases :one, tokens_leased :n"
+            if p["kind"] == "append":
+                # busy schedule: add our span to tat, atomically; no read, no lost update, and
+                # appends never conflict with each other
+                ok, cur = self._update(
+                    f"SET tat = tat + :span, expires_at = :exp {adds}",
+                    "tat BETWEEN :lo AND :hi AND rate_at = :rate_at",
+                    {":span": _num(p["span"]), ":lo": _num(p["lo"]), ":hi": _num(p["hi"]),
+                     ":rate_at": _num(s["rate_at"]), **common})
+            elif p["kind"] == "reset":
+                ok, cur = self._update(
+                    f"SET tat = :tat, expires_at = :exp {adds}",
+                    "tat < :lo AND rate_at = :rate_at",
+                    {":tat": _num(tat), ":lo": _num(p["lo"]), ":rate_at": _num(s["rate_at"]),
+                     **common})
+            else:  # create
+                ok, cur = self._update(
+                    f"SET tat = :tat, #rate = :rate, rate_at = :z, paused_until = :z, "
+                    f"last_cut = :z, ceiling = :rate, burst = :burst, expires_at = :exp {adds}",
+                    "attribute_not_exists(pk)",
+                    {":tat": _num(tat), ":rate": _num(cfg.ceiling), ":z": _num(0.0),
+                     ":burst": cfg.burst, **common}, {"#rate": "rate"})
             writes += 1
             if ok:
-                with self._lock:
-                    self._cache = cur
-                    self._contended = conflicts > 0
-                return cur, writes, conflicts, extra
+                new_tat = float(cur["tat"])  # UPDATED_NEW: where our span ends
+                start = new_tat - p["span"]
+                if s is not None:
+                    self._others_active = abs(start - float(s["tat"])) > 1e-5
+                slots = [max(now, start + (k + 1) / p["rate"]) for k in range(want)]
+                base = s or _initial_state(now, cfg)
+                self._remember(dict(base, tat=new_tat))
+                return Lease(slots, p["rate"], base["paused_until"], new_tat, writes, conflicts)
             conflicts += 1
-            old = cur
-            if conflicts > 3:  # heavy contention: back off a little, with jitter
-                time.sleep(random.uniform(0, 0.002 * min(conflicts, 20)))
+            if s is not None and cur is not None and cur["tat"] != s["tat"]:
+                self._others_active = True
+            s = cur if cur is not None else self.read()
+            if conflicts > 5:  # heavy contention: back off a little, with jitter
+                time.sleep(random.uniform(0, 0.001 * min(conflicts, 20)))
         raise RuntimeError(f"rate bucket {self.source}: {writes} conflicting writes in a row")
 
-    # -- bucket API
-    def lease(self, clock: Callable[[], float], want: int, cfg: LimiterConfig) -> Lease:
-        def fn(old):  # the time is read right before each attempt: slots start at the write
-            return compute_lease(old, clock(), want, cfg)
-
-        cur, writes, conflicts, slots = self._update(
-            cfg, fn, lambda _: {"leases": 1, "tokens_leased": want}
-        )
-        return Lease(slots, cur["rate"], cur["paused_until"], cur.get("version"), writes,
-                     conflicts, retry_at=cur.get("retry_at", 0.0))
-
     def throttle(self, now: float, retry_after: float, cfg: LimiterConfig) -> float:
-        def fn(old):
-            return compute_throttle(old, now, retry_after, cfg), None
-
-        cur, *_ = self._update(cfg, fn, lambda _: {"throttles": 1})
-        return cur["rate"]
-
-    def give_back(self, version: Any, count: int, cfg: LimiterConfig) -> bool:
         with self._lock:
-            old = self._cache
-        if old is None or old["version"] != version or count <= 0:
+            s = self._cache
+        if s is None:
+            s = self.read()
+        for _ in range(self.max_attempts):
+            if s is None:  # nobody leased yet: create the item, then retry
+                self._update(
+                    "SET tat = :z, #rate = :rate, rate_at = :z, paused_until = :z, "
+                    "last_cut = :z, ceiling = :rate, burst = :burst, expires_at = :exp",
+                    "attribute_not_exists(pk)",
+                    {":z": _num(0.0), ":rate": _num(cfg.ceiling), ":burst": cfg.burst,
+                     ":exp": int(now) + ITEM_TTL_SECONDS}, {"#rate": "rate"})
+                s = self.read()
+                continue
+            new = compute_throttle(s, now, retry_after, cfg)
+            if new["rate_at"] != s["rate_at"]:  # cut the rate (at most once per cooldown)
+                ok, cur = self._update(
+                    "SET #rate = :rate, rate_at = :now, last_cut = :now ADD throttles :one",
+                    "rate_at = :old",
+                    {":rate": _num(new["rate"]), ":now": _num(now), ":old": _num(s["rate_at"]),
+                     ":one": 1}, {"#rate": "rate"})
+                if not ok:
+                    s = cur if cur is not None else self.read()
+                    continue
+            p = _num(new["paused_until"])
+            # pause: paused_until and tat both become at least now + retry_after (two atomic
+            # "max" writes; each is a no-op if someone already went further)
+            self._update("SET paused_until = :p", "paused_until < :p", {":p": p})
+            self._update("SET tat = :p", "tat < :p", {":p": p})
+            new = dict(new, tat=max(s["tat"], float(p)), paused_until=float(p))
+            self._remember(new)
+            return current_rate(new, now, cfg)
+        raise RuntimeError(f"rate bucket {self.source}: throttle did not converge")
+
+    def give_back(self, version: Any, count: int, rate: float) -> bool:
+        if version is None or count <= 0:
             return False
-        new = dict(old, tokens=old["tokens"] + count)
-        ok, cur = self._write(old, new, cfg, {})
-        with self._lock:
-            self._cache = cur
+        ok, _ = self._update("SET tat = :back", "tat = :mine",
+                             {":back": _num(float(version) - count / rate),
+                              ":mine": _num(float(version))})
         return ok
 
     def peek(self) -> dict | None:
@@ -461,12 +488,14 @@ class Limiter:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._paused_until = 0.0
         self._rate = cfg.ceiling
-        self._block = 1.0
+        # tokens per lease: starts at half the largest block, then adapts (see _want)
+        self._block = 1.0 if bucket.cheap else max(1.0, cfg.max_block(cfg.ceiling) / 2)
         self._expired_since_lease = 0
         self._lease_latency = 0.0
         self._lead = 0.0
         self._last_lease_start = 0.0
         self._queue_delay = 0.0
+        self._lease_rate = cfg.ceiling
         self._pending: set[asyncio.Future] = set()
         self._closed = False
         self._s = dict(tokens_granted=0, leases=0, lease_writes=0, lease_conflicts=0,
@@ -567,7 +596,7 @@ class Limiter:
             version = self._slots_version
             self._slots.clear()
         if future:
-            ok = await self._call(self.bucket.give_back, version, len(future), self.cfg)
+            ok = await self._call(self.bucket.give_back, version, len(future), self._lease_rate)
             with self._lock:
                 if ok:
                     self._s["tokens_returned"] += len(future)
@@ -603,10 +632,9 @@ class Limiter:
         demand = len(self._waiters) + 1
         if self.bucket.cheap:
             return demand
-        # adaptive block: grow while every leased slot was used, shrink when slots expired or
-        # when the fleet's backlog is longer than a block (many workers: smaller shares)
+        # adaptive block: grow while every leased slot was used, shrink when slots expired
         if self._s["leases"]:
-            if self._expired_since_lease or self._queue_delay > self.cfg.block_seconds:
+            if self._expired_since_lease:
                 self._block = max(1.0, self._block / 2)
             else:
                 self._block = self._block * 2
@@ -633,7 +661,10 @@ class Limiter:
                     break
                 with self._lock:
                     self._s["backlog_waits"] += 1
-                await asyncio.sleep(max(0.001, min(lease.retry_at - self.clock(), 0.5)))
+                # come back when the backlog is below max_ahead, spread so that the workers that
+                # were refused together do not collide again
+                jitter = random.uniform(0, want / max(lease.rate, self.cfg.floor))
+                await asyncio.sleep(max(0.001, min(lease.retry_at - self.clock(), 0.5)) + jitter)
                 t0 = time.monotonic()
         finally:
             if not self.bucket.cheap and lease is not None:
@@ -656,6 +687,7 @@ class Limiter:
                         self._paused_until = lease.paused_until
                     self._slots.extend(lease.slots)
                     self._slots_version = lease.version
+                    self._lease_rate = lease.rate
                     if lease.slots:
                         self._last_lease_start = lease.slots[0]
                     self._expired_since_lease = 0
