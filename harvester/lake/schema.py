@@ -1,6 +1,6 @@
 """Column naming, spec types, casting with a report of bad values, schema unification.
 
-Column naming (documented in docs/lake.md):
+Column naming (see harvester/lake/README.md):
 
 * top-level record fields keep their name verbatim (``ts``, ``value``, ``_run_id``, ``_fetched_at``);
 * nested objects are flattened, the path joined with a double underscore ``__``:
