@@ -1,0 +1,287 @@
+"""One Map item end to end: the batch worker against the simulated vendor over real HTTP, S3 and DynamoDB on moto.
+
+Checks the idempotency contract: deterministic keys, a finished batch is skipped, a batch cut short continues
+without duplicates, a permanent failure is in the ledger and a resume refetches only that parent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from harvester import storage
+from harvester.ledger import Ledger, batch_sk, create_table_kwargs, expires_at
+from harvester.spec import SourceSpec, parse_spec
+from harvester.vendor.faults import FaultConfig, FaultRule
+from harvester.vendor.server import VendorServer
+from harvester.worker import BatchFailed, BatchIncomplete, child_batch_id, harvest_batch, parent_key
+
+KEY = "worker-key"
+BUCKET = "harvest-test"
+SOURCE = "test"
+
+
+class NoLimiter:
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+
+    def on_throttle(self, retry_after: float | None) -> None:
+        pass
+
+    def on_success(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"acquired": self.acquired}
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def vendor() -> Iterator[VendorServer]:
+    with VendorServer(troops=5, warriors_per_troop=3, datagroups_per_warrior=2, variation=0, page_size=2,
+                      api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def aws() -> Iterator[tuple[storage.Store, Ledger]]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        ddb = boto3.resource("dynamodb", region_name="us-east-1")
+        table = ddb.create_table(**create_table_kwargs("ledger"))
+        yield storage.Store(s3, BUCKET), Ledger(table)
+
+
+def make_spec(vendor: VendorServer, max_in_flight: int | None = None) -> SourceSpec:
+    return parse_spec({
+        "name": SOURCE,
+        "base_url": vendor.url + "/v1",
+        "auth": {"type": "header", "name": "X-Api-Key", "env": "UNUSED"},
+        "max_in_flight": max_in_flight,
+        "retries": {"max_attempts": 3, "base_delay": 0.01, "max_delay": 0.05},
+        "timeouts": {"connect": 2, "read": 5},
+        "levels": [
+            {"name": "troops", "alias": "troop", "path": "/troops", "records": "data", "primary_key": "id",
+             "pagination": {"type": "page_number", "size": 2, "total_path": "total"}},
+            {"name": "warriors", "alias": "warrior", "path": "/troops/{troop.id}/warriors", "records": "items",
+             "primary_key": "id", "batch_size": 4,
+             "pagination": {"type": "offset", "limit": 2, "total_path": "total"}},
+            {"name": "datagroups", "path": "/warriors/{warrior.id}/datagroups", "records": "results",
+             "pagination": {"type": "cursor", "cursor_path": "next_cursor", "size_param": "limit", "size": 2}},
+        ],
+    })
+
+
+def make_run(run_id: str = "r1", attempt: int = 1) -> dict[str, Any]:
+    return {"source": SOURCE, "run_id": run_id, "attempt": attempt, "expires_at": expires_at(1)}
+
+
+def troop_batch(vendor: VendorServer, batch_id: str = "b1") -> dict[str, Any]:
+    return {"batch_id": batch_id, "parents": [{"troops": {"id": t}} for t in vendor.data.ids("troops")]}
+
+
+def harvest(spec, run, level, batch, aws, *, budget: float = 60.0, limiter=None) -> dict[str, Any]:
+    store, ledger = aws
+    return asyncio.run(harvest_batch(spec, run, level, batch, store=store, ledger=ledger, limiter=limiter or NoLimiter(),
+                                     secret=KEY, time_budget=budget))
+
+
+def raw_records(store: storage.Store, run_id: str, level_name: str) -> list[dict[str, Any]]:
+    out = []
+    for key in store.list_keys(storage.raw_prefix(SOURCE, run_id, level_name)):
+        out.extend(store.read_records(key))
+    return out
+
+
+def ids(records: list[dict[str, Any]]) -> list[str]:
+    return sorted(r["id"] for r in records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_root_batch_writes_records_children_checkpoint_and_ledger(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    batch = {"batch_id": "root", "parents": [{}]}
+    result = harvest(spec, make_run(), 0, batch, aws)
+    assert result["status"] == "SUCCEEDED" and result["records"] == 5 and result["children"] == 5
+    assert result["calls"] == 3 and result["pages"] == 3  # 5 troops in pages of 2
+
+    raw = store.list_keys("raw/")
+    assert raw == [storage.raw_key(SOURCE, "r1", "troops", "root", 0)] == ["raw/test/r1/troops/root-000.jsonl.gz"]
+    records = list(store.read_records(raw[0]))
+    assert [{k: v for k, v in r.items() if not k.startswith("_")} for r in records] == vendor.data.troops()
+    assert all(r["_source"] == SOURCE and r["_run_id"] == "r1" and r["_level"] == "troops" and r["_lineage"] == {}
+               and r["_fetched_at"] for r in records)
+
+    # the next level's Map items: chunks of the warriors level's batch_size (4), keyed deterministically
+    items = store.get_json(storage.children_key(SOURCE, "r1", 1, "root", 0))
+    assert [len(i["parents"]) for i in items] == [4, 1]
+    assert [i["batch_id"] for i in items] == [child_batch_id("root", 0, 0), child_batch_id("root", 0, 1)]
+    assert items[0]["sk"] == batch_sk(1, items[0]["batch_id"])
+    assert [p for i in items for p in i["parents"]] == [{"troops": {"id": t}} for t in vendor.data.ids("troops")]
+
+    ck = store.get_json(storage.checkpoint_key(SOURCE, "r1", 0, "root"))
+    assert ck["done"] == ["root"] and ck["parts"] == 1
+    item = ledger.get_batch(SOURCE, "r1", 0, "root")
+    assert item["status"] == "SUCCEEDED" and item["records"] == 5 and item["calls"] == 3 and item["failures"] == 0
+    assert item["calls_by_attempt"] == {"1": 3} and ledger.failures(SOURCE, "r1") == []
+
+
+def test_child_batch_records_carry_lineage_and_children_carry_context(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    result = harvest(spec, make_run(), 1, troop_batch(vendor), aws)
+    assert result["status"] == "SUCCEEDED" and result["records"] == 15
+    records = raw_records(store, "r1", "warriors")
+    assert ids(records) == ids(vendor.data.warriors())
+    for r in records:
+        assert r["_lineage"] == {"troops": r["troop_id"]} and r["_level"] == "warriors"
+    items = store.get_json(storage.children_key(SOURCE, "r1", 2, "b1", 0))
+    parents = [p for i in items for p in i["parents"]]
+    assert parents == [{"troops": {"id": w["troop_id"]}, "warriors": {"id": w["id"]}} for w in vendor.data.warriors()]
+    assert parent_key(parents[0], spec) == "t0001/w000001"
+
+
+def test_output_keys_are_deterministic_and_a_rerun_overwrites(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    harvest(spec, make_run(), 1, troop_batch(vendor), aws)
+    keys = store.list_keys("")
+    # the same batch in another run gets the same keys under that run's prefix
+    harvest(spec, make_run("r2"), 1, troop_batch(vendor), aws)
+    assert sorted(store.list_keys("runs/test/r2/") + store.list_keys("raw/test/r2/")) == sorted(
+        k.replace("/r1/", "/r2/") for k in keys)
+    assert keys == [
+        "raw/test/r1/warriors/b1-000.jsonl.gz",
+        "runs/test/r1/checkpoints/1/b1.json",
+        "runs/test/r1/children/2/b1-000.json",
+    ]
+    # and they hold the same records
+    first = store.s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read()
+    second = store.s3.get_object(Bucket=BUCKET, Key=keys[0].replace("/r1/", "/r2/"))["Body"].read()
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("_run_id", "_fetched_at")} for r in rs]  # noqa: E731
+    assert strip(storage.decode_ndjson_gz(first)) == strip(storage.decode_ndjson_gz(second))
+
+
+def test_rerunning_a_succeeded_batch_is_skipped(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    harvest(spec, make_run(), 1, troop_batch(vendor), aws)
+    before = {k: store.s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in store.list_keys("")}
+    vendor.reset_stats()
+    limiter = NoLimiter()
+    result = harvest(spec, make_run(), 1, troop_batch(vendor), aws, limiter=limiter)
+    assert result == {"batch_id": "b1", "status": "SUCCEEDED", "skipped": True}
+    assert vendor.stats().requests == 0 and limiter.acquired == 0
+    assert {k: store.s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in store.list_keys("")} == before
+
+
+def test_a_batch_cut_by_its_time_budget_continues_without_duplicates(aws):
+    store, ledger = aws
+    # one parent at a time, each parent's list takes ~0.3 s (3 pages of 100 ms)
+    with VendorServer(troops=8, warriors_per_troop=5, variation=0, page_size=2, api_key=KEY,
+                      latency_ms=100) as server:
+        spec = make_spec(server, max_in_flight=1)
+        batch = troop_batch(server)
+        with pytest.raises(BatchIncomplete) as info:
+            harvest(spec, make_run(), 1, batch, aws, budget=3.0)
+        assert "the next attempt continues from the checkpoint" in str(info.value)
+        ck = store.get_json(storage.checkpoint_key(SOURCE, "r1", 1, "b1"))
+        done_first = list(ck["done"])
+        assert 0 < len(done_first) < 8 and ck["parts"] == 1
+        assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "RUNNING"
+        first_requests = server.stats().requests
+
+        server.reset_stats()
+        result = harvest(spec, make_run(), 1, batch, aws)
+        assert result["status"] == "SUCCEEDED" and result["parts"] == 2 and result["invocations"] == 2
+        # the continuation asked only for the parents not yet done (3 pages each)
+        assert server.stats().requests == 3 * (8 - len(done_first))
+        assert result["calls"] == first_requests + server.stats().requests
+
+        cut = raw_records(store, "r1", "warriors")
+        server.configure(latency_ms=0)
+        harvest(spec, make_run("whole"), 1, batch, aws)
+        whole = raw_records(store, "whole", "warriors")
+    strip = lambda rs: sorted((r["id"], r["troop_id"], r["name"], str(r["_lineage"])) for r in rs)  # noqa: E731
+    assert len(cut) == 40 and strip(cut) == strip(whole)
+    assert len({r["id"] for r in cut}) == 40
+    children = [p for k in store.list_keys(storage.children_prefix(SOURCE, "r1", 2)) for i in store.get_json(k)
+                for p in i["parents"]]
+    assert sorted(p["warriors"]["id"] for p in children) == sorted(r["id"] for r in whole)
+    assert ledger.get_batch(SOURCE, "r1", 1, "b1")["records"] == 40
+
+
+def test_a_permanent_404_fails_the_batch_and_a_resume_fetches_only_that_parent(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    batch = troop_batch(vendor)
+    vendor.set_faults(FaultConfig.of(FaultRule("not_found", paths=["/v1/troops/*/warriors"], ids=["t0003"])))
+    with pytest.raises(BatchFailed) as info:
+        harvest(spec, make_run(attempt=1), 1, batch, aws)
+    assert "1 of 5 parents failed" in str(info.value) and "404" in str(info.value)
+
+    failures = ledger.failures(SOURCE, "r1", 1)
+    assert len(failures) == 1
+    fail = failures[0]
+    assert fail["sk"] == "FAIL#01#b1#00000" and fail["status"] == 404 and fail["parent"] == "t0003"
+    assert fail["url"] == vendor.url + "/v1/troops/t0003/warriors?offset=0&limit=2"
+    assert "not found" in fail["excerpt"] and fail["expires_at"] > time.time()
+    item = ledger.get_batch(SOURCE, "r1", 1, "b1")
+    assert item["status"] == "FAILED" and item["failures"] == 1 and item["done_parents"] == 4
+    assert ids(raw_records(store, "r1", "warriors")) == ids(
+        [w for w in vendor.data.warriors() if w["troop_id"] != "t0003"])
+
+    # a continuation of the same attempt does not hammer the failed parent again
+    vendor.reset_stats()
+    with pytest.raises(BatchFailed):
+        harvest(spec, make_run(attempt=1), 1, batch, aws)
+    assert vendor.stats().requests == 0
+
+    # the vendor is fixed; a resume (attempt 2) fetches only t0003
+    vendor.clear_faults()
+    vendor.reset_stats()
+    result = harvest(spec, make_run(attempt=2), 1, batch, aws)
+    assert result["status"] == "SUCCEEDED" and result["failures"] == 0
+    assert vendor.stats().requests == 2 and vendor.stats().records == {"warriors": 3}
+    assert result["calls_by_attempt"] == {"1": 4 * 2 + 1, "2": 2}
+    assert ledger.failures(SOURCE, "r1") == []
+    assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "SUCCEEDED"
+    records = raw_records(store, "r1", "warriors")
+    assert ids(records) == ids(vendor.data.warriors()) and len(records) == 15
+
+
+def test_an_auth_failure_stops_the_batch(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor, max_in_flight=1)
+    with pytest.raises(BatchFailed) as info:
+        asyncio.run(harvest_batch(spec, make_run(), 1, troop_batch(vendor), store=aws[0], ledger=aws[1],
+                                  limiter=NoLimiter(), secret="wrong", time_budget=60))
+    assert "check the credential" in str(info.value) and "5 parents left for a resume" in str(info.value)
+    assert vendor.stats().unauthorized == 1  # the other parents were not tried
+    assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "FAILED"
+    assert store.list_keys("raw/") == []
+
+
+def test_a_record_without_the_key_children_need_fails_that_parent(vendor, aws):
+    store, ledger = aws
+    spec = make_spec(vendor)
+    data = spec.model_dump()
+    data["levels"][1]["primary_key"] = ["serial"]  # warriors have no serial
+    spec = parse_spec(data)
+    with pytest.raises(BatchFailed):
+        harvest(spec, make_run(), 1, troop_batch(vendor), aws)
+    failures = ledger.failures(SOURCE, "r1", 1)
+    assert len(failures) == 5 and all("has no field 'serial'" in f["reason"] for f in failures)
+    assert store.list_keys("raw/") == []
