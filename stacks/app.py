@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 
+from stacks import nag
 from stacks.config import HarvesterConfig
 from stacks.harvester_stack import HarvesterStack
 
@@ -31,8 +32,10 @@ def build_app(
         if app.node.try_get_context(flag) is None:
             app.node.set_context(flag, value)
     config = HarvesterConfig.from_node(app.node)
-    account = app.node.try_get_context("account") or os.environ.get("CDK_DEFAULT_ACCOUNT")
-    region = app.node.try_get_context("region") or os.environ.get("CDK_DEFAULT_REGION")
+    # deliberately not CDK_DEFAULT_ACCOUNT/REGION: without `-c account/region` the template is environment-agnostic
+    # (deployable to whatever account the CLI's credentials name) and identical on every machine
+    account = app.node.try_get_context("account") or os.environ.get("HARVESTER_ACCOUNT")
+    region = app.node.try_get_context("region") or os.environ.get("HARVESTER_REGION")
     env = cdk.Environment(account=account, region=region) if account or region else None
     stack_name = app.node.try_get_context("stackName") or "Harvester"
     stack = HarvesterStack(
@@ -45,4 +48,6 @@ def build_app(
         description="harvester: rate-limited harvesting of hierarchical REST APIs into S3 (Step Functions)",
     )
     cdk.Tags.of(stack).add("project", "harvester")
+    if config.nag:
+        nag.enable(app)
     return stack

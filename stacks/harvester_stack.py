@@ -23,6 +23,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from stacks import nag
 from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, BundleSpec, lambda_code
 from stacks.config import HarvesterConfig
 from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
@@ -75,6 +76,7 @@ class HarvesterStack(cdk.Stack):
         self.secrets = self._source_secrets()
 
         self.functions: dict[str, lambda_.Function] = {}
+        self.function_access: dict[str, FunctionAccess] = {}
         # adding a function is one line: name, handler, what it may touch, memory and timeout
         self.add_function("plan", "lambdas.plan.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
                           memory_mb=512, timeout_s=120)  # fmt: skip
@@ -86,6 +88,8 @@ class HarvesterStack(cdk.Stack):
 
         self.state_machine = self._state_machine()
         self._outputs()
+        self.nag_acknowledgments: list[nag.Ack] = []
+        self._acknowledge_nag_findings()
 
     # ------------------------------------------------------------------------------------------------------
     # storage
@@ -191,6 +195,10 @@ class HarvesterStack(cdk.Stack):
             retention=self.config.log_retention,
             removal_policy=self.removal_policy,
         )
+        # an own role instead of CDK's default (AWSLambdaBasicExecutionRole lets it write to any log group)
+        role = iam.Role(self, f"{cid}FunctionRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description=f"harvester {name} function")  # fmt: skip
+        log_group.grant_write(role)
         fn = lambda_.Function(
             self,
             f"{cid}Function",
@@ -203,6 +211,7 @@ class HarvesterStack(cdk.Stack):
             timeout=cdk.Duration.seconds(timeout_s),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
+            role=role,
             environment={
                 "HARVESTER_BUCKET": self.bucket.bucket_name,
                 "HARVESTER_TABLE": self.table.table_name,
@@ -215,6 +224,7 @@ class HarvesterStack(cdk.Stack):
         )
         self._grant(fn, access)
         self.functions[name] = fn
+        self.function_access[name] = access
         return fn
 
     def _grant(self, fn: lambda_.Function, access: FunctionAccess) -> None:
@@ -309,7 +319,7 @@ class HarvesterStack(cdk.Stack):
         # the ARNs of this state machine and its executions, built from the fixed name (no circular dependency)
         machine_arn = self.format_arn(service="states", resource="stateMachine", resource_name=name,
                                       arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
-        executions_arn = self.format_arn(service="states", resource="execution", resource_name=f"{name}:*",
+        executions_arn = self._executions_arn = self.format_arn(service="states", resource="execution", resource_name=f"{name}:*",
                                          arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
         statements = [
             iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
@@ -328,6 +338,48 @@ class HarvesterStack(cdk.Stack):
         for statement in statements:
             machine.add_to_role_policy(statement)
         return machine
+
+    # ------------------------------------------------------------------------------------------------------
+    # cdk-nag: what is accepted, where, and why (listed in the README by scripts/nag_acknowledgments.py)
+    # ------------------------------------------------------------------------------------------------------
+    def _acknowledge_nag_findings(self) -> None:
+        def ack(scope, rule: str, reason: str) -> None:
+            nag.acknowledge(scope, rule, reason, self.nag_acknowledgments)
+
+        def objects(prefix: str) -> str:
+            return nag.finding_resource(self, self.bucket.arn_for_objects(f"{prefix}*"))
+
+        prefix_reason = (
+            "keys under {p} are created per run ({p}{{source}}/{{run_id}}/...) so they cannot be listed in advance; "
+            "the grant is one prefix of one bucket and only the object actions this role needs"
+        )
+        xray_reason = "X-Ray PutTraceSegments/PutTelemetryRecords do not support resource-level permissions (Tracing.ACTIVE)"
+        for name, fn in self.functions.items():
+            policy = fn.role.node.find_child("DefaultPolicy").node.default_child
+            ack(policy, "AwsSolutions-IAM5[Resource::*]", xray_reason)
+            for prefix in sorted({*self.function_access[name].s3_read, *self.function_access[name].s3_write}):
+                ack(policy, f"AwsSolutions-IAM5[Resource::{objects(prefix)}]", prefix_reason.format(p=prefix))
+            ack(fn.node.default_child, "AwsSolutions-L1",
+                "python3.12 is pinned on purpose: stacks/bundling.py installs cp312 wheels for it; a newer runtime is a "
+                "deliberate change of RUNTIME and PYTHON_VERSION together, checked by the packaging test")  # fmt: skip
+
+        sm_policy = self.state_machine.role.node.find_child("DefaultPolicy").node.default_child
+        ack(sm_policy, "AwsSolutions-IAM5[Resource::*]",
+            "CloudWatch Logs log-delivery actions (CreateLogDelivery, PutResourcePolicy, ...) and X-Ray do not support "
+            "resource-level permissions; CDK adds them for the state machine's logging and tracing")  # fmt: skip
+        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(RUNS_PREFIX)}]",
+            "the Distributed Map's ItemReader reads one manifest per level under runs/{source}/{run_id}/manifests/, "
+            "keys created per run; GetObject only")  # fmt: skip
+        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, self._executions_arn)}]",
+            "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is limited to "
+            "the executions of this one state machine")  # fmt: skip
+
+        for source in self.sources:
+            secret = self.secrets[source.name]
+            if isinstance(secret, secretsmanager.Secret):
+                ack(secret.node.default_child, "AwsSolutions-SMG4",
+                    f"holds the API key the vendor of source {source.name!r} issues; only the vendor can issue a new "
+                    "one, so no rotation Lambda can rotate it: rotate by putting the new key (README)")  # fmt: skip
 
     def _outputs(self) -> None:
         example = self.sources[0].name if self.sources else "demo"

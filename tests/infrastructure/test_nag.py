@@ -1,0 +1,34 @@
+"""cdk-nag acknowledgments are narrow: one rule (with its appliesTo for IAM4/IAM5) on one low-level construct.
+
+The checks themselves run in `scripts/check_infra.sh` (cdk synth with nag on fails on any new finding).
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def test_every_acknowledgment_is_specific(harvester_app):
+    acks = harvester_app.stack.nag_acknowledgments
+    assert acks
+    for ack in acks:
+        assert ack.path.endswith("/Resource"), f"{ack.rule} acknowledged on a whole construct tree: {ack.path}"
+        assert re.match(r"^AwsSolutions-[A-Z]+\d+", ack.rule), ack.rule
+        if ack.rule.startswith(("AwsSolutions-IAM5", "AwsSolutions-IAM4")):
+            assert re.search(r"\[(Resource|Action|Policy)::.+\]$", ack.rule), f"blanket {ack.rule} on {ack.path}"
+        assert len(ack.reason) >= 40, f"{ack.rule} on {ack.path}: reason too vague"
+    pairs = [(a.path, a.rule) for a in acks]
+    assert len(pairs) == len(set(pairs))
+
+
+def test_no_data_prefix_wildcard_beyond_runs_and_raw(harvester_app):
+    for ack in harvester_app.stack.nag_acknowledgments:
+        if "DataBucket" in ack.rule:
+            assert ack.rule.endswith(("/runs/*]", "/raw/*]")), ack.rule
+
+
+def test_nag_is_on_by_default_and_off_in_these_tests(harvester_app):
+    from stacks.config import HarvesterConfig
+
+    assert HarvesterConfig().nag is True
+    assert harvester_app.stack.config.nag is False
