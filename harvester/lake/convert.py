@@ -280,8 +280,8 @@ def split_partitions(table: pa.Table, *, time_field: str | None, run_date: str |
         if lo == hi:
             out.append((f"{name}={day(lo)}", table.filter(pc.is_valid(col)) if col.null_count else table))
         else:
-            days = pa.array(np.floor_divide(ints.to_numpy(zero_copy_only=False), per_day)) if not col.null_count else \
-                pc.floor(pc.divide(ints.cast(pa.float64()), float(per_day))).cast(pa.int64())
+            filled = ints.fill_null(0) if col.null_count else ints
+            days = pa.array(np.floor_divide(filled.to_numpy(), per_day), mask=pc.is_null(ints).to_numpy(zero_copy_only=False))
             for d in pc.unique(days).drop_null().to_pylist():
                 out.append((f"{name}={day(d)}", table.filter(pc.equal(days, d))))
             out.sort()
