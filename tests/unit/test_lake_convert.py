@@ -124,7 +124,7 @@ def test_bad_values_kept_null_and_reported(aws):
 def test_mixed_json_types_are_text_and_noted():
     recs = [{"a": 1, "_lineage": {"troops": 1}}, {"a": "x", "_lineage": {"troops": 2}}, {"a": {"b": 1}}]
     table, bad = convert_table([ndjson_gz(recs)], ["k"])
-    assert table.column("a").to_pylist() == ["1", "x", None] or sorted(map(str, table.column("a").to_pylist())) == ["1", "None", "x"]
+    assert table.column("a").to_pylist() == ["1", "x", None]
     assert "a" in bad.notes and bad.count == 0
     assert "a__b" in table.column_names and "_lineage__troops" in table.column_names
 
