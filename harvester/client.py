@@ -185,8 +185,11 @@ class Fetcher:
         self.stats.calls += 1
         t0 = time.monotonic()
         try:
+            # merged into the URL's own query: httpx's `params=` would replace it (a next link's offset, a
+            # `?troopId=` written in the path)
             resp = await self.http.get(
-                request.url, params={**request.params, **self.auth_params} or None, headers=self.auth_headers
+                httpx.URL(request.url).copy_merge_params({**request.params, **self.auth_params}),
+                headers=self.auth_headers,
             )
             body_bytes = resp.content
         except httpx.TimeoutException as exc:
@@ -230,7 +233,7 @@ class Fetcher:
 
 def _shown_url(request: paginate.PageRequest, resp: httpx.Response | None = None, hide: tuple[str, ...] = ()) -> str:
     """The URL as sent, for the ledger, without credentials in the query."""
-    url = resp.request.url if resp is not None else httpx.URL(request.url, params=request.params or None)
+    url = resp.request.url if resp is not None else httpx.URL(request.url).copy_merge_params(request.params)
     for name in hide:
         url = url.copy_remove_param(name)
     return str(url)
