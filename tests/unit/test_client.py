@@ -178,6 +178,16 @@ def test_query_template_with_parent_context():
         assert records == server.data.warriors("t0002")
 
 
+def test_query_in_the_path_template_is_kept_alongside_pagination_params():
+    # `/warriors?troopId={troop.id}` written in the path, as a data engineer might
+    with vendor_for("page", pagination={"warriors": "offset"}) as server:
+        warriors = {"name": "warriors", "path": "/warriors?troopId={troop.id}", "records": "items",
+                    "pagination": {"type": "offset", "limit": 3, "total_path": "total"}}
+        spec = make_spec(server.url + "/v1", extra_levels=[warriors])
+        records, _ = fetch(spec, 1, {"troop": {"id": "t0002"}}, budget=8.0)
+        assert records == server.data.warriors("t0002")
+
+
 def test_missing_template_field_fails_without_a_call(vendor: VendorServer):
     warriors = {"name": "warriors", "path": "/troops/{troop.id}/warriors", "records": "items"}
     spec = make_spec(vendor.url + "/v1", extra_levels=[warriors])
@@ -217,6 +227,14 @@ def test_wrong_credential_is_auth_failed_without_retry(scheme: str):
         assert exc.status == 401 and "check the credential" in exc.reason
         assert server.stats().unauthorized == 1 and server.stats().requests == 1 and sleep.waits == []
         assert "wrong-key" not in exc.url and "wrong-key" not in str(exc)
+
+
+@pytest.mark.parametrize("style", ["next_url", "link"])
+def test_query_auth_with_next_links_keeps_the_links_query(style: str):
+    # the next URL carries offset/limit in its query; adding the credential must not replace them
+    with vendor_for(style, auth="query") as server:
+        records, fetcher = fetch(make_spec(server.url + "/v1", LEVELS[style], auth=AUTHS["query"]), budget=8.0)
+        assert records == truth(server) and fetcher.stats.calls == 4
 
 
 def test_the_scheme_must_match_the_vendors():
