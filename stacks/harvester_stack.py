@@ -39,6 +39,9 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 #: where the plan function finds the specs inside its bundle (stacks/bundling.py copies sources/ there)
 LAMBDA_SOURCES_DIR = "/var/task/sources"
 
+#: the alias name of the Lambda functions and of the state machine that callers use
+LIVE = "live"
+
 #: S3 prefixes (docs/architecture.md, "S3 layout")
 RUNS_PREFIX = "runs/"
 RAW_PREFIX = "raw/"
@@ -77,6 +80,7 @@ class HarvesterStack(cdk.Stack):
 
         self.functions: dict[str, lambda_.Function] = {}
         self.function_access: dict[str, FunctionAccess] = {}
+        self.aliases: dict[str, lambda_.Alias] = {}
         # adding a function is one line: name, handler, what it may touch, memory and timeout
         self.add_function("plan", "lambdas.plan.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
                           memory_mb=512, timeout_s=120)  # fmt: skip
@@ -223,6 +227,10 @@ class HarvesterStack(cdk.Stack):
             },
         )
         self._grant(fn, access)
+        # every deploy that changes the function publishes a version (old ones are kept: RETAIN is CDK's default
+        # for versions) and moves `live` to it; the workflow calls `live`, so a rollback is one alias update
+        self.aliases[name] = lambda_.Alias(self, f"{cid}LiveAlias", alias_name=LIVE, version=fn.current_version,
+                                           description=f"the {name} version the workflow calls")  # fmt: skip
         self.functions[name] = fn
         self.function_access[name] = access
         return fn
@@ -281,9 +289,9 @@ class HarvesterStack(cdk.Stack):
 
     def substitutions(self) -> dict[str, str]:
         values = {
-            "PlanFunctionArn": self.functions["plan"].function_arn,
-            "FetchFunctionArn": self.functions["fetch"].function_arn,
-            "AdvanceFunctionArn": self.functions["advance"].function_arn,
+            "PlanFunctionArn": self.aliases["plan"].function_arn,
+            "FetchFunctionArn": self.aliases["fetch"].function_arn,
+            "AdvanceFunctionArn": self.aliases["advance"].function_arn,
             "BucketName": self.bucket.bucket_name,
             "LedgerTableName": self.table.table_name,
         }
@@ -319,16 +327,20 @@ class HarvesterStack(cdk.Stack):
         # the ARNs of this state machine and its executions, built from the fixed name (no circular dependency)
         machine_arn = self.format_arn(service="states", resource="stateMachine", resource_name=name,
                                       arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+        self._qualified_arn = self.format_arn(service="states", resource="stateMachine", resource_name=f"{name}:*",
+                                              arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
         executions_arn = self._executions_arn = self.format_arn(service="states", resource="execution", resource_name=f"{name}:*",
                                          arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
         statements = [
             iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
-                                resources=[fn.function_arn for fn in self.functions.values()]),
+                                resources=[alias.function_arn for alias in self.aliases.values()]),
             # Distributed Map: ItemReader reads the level manifests under runs/
             iam.PolicyStatement(sid="ReadManifests", actions=["s3:GetObject"],
                                 resources=[self.bucket.arn_for_objects(f"{RUNS_PREFIX}*")]),
             # Distributed Map: child workflow executions of this very state machine
-            iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]),
+            # (an execution started through a version or alias starts its children on that qualified ARN)
+            iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"],
+                                resources=[machine_arn, self._qualified_arn]),
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
             # run start/finish and batch failures are written by the workflow itself (direct integration)
@@ -337,6 +349,19 @@ class HarvesterStack(cdk.Stack):
         ]  # fmt: skip
         for statement in statements:
             machine.add_to_role_policy(statement)
+
+        # a version per deploy that changes the workflow (kept on replacement, so there is one to roll back to)
+        # and the `live` alias that schedules and people start runs with
+        self.state_machine_version = sfn.CfnStateMachineVersion(
+            self, "HarvestStateMachineVersion", state_machine_arn=machine.state_machine_arn,
+            state_machine_revision_id=machine.state_machine_revision_id,
+            description="published by cdk deploy")  # fmt: skip
+        self.state_machine_version.apply_removal_policy(cdk.RemovalPolicy.RETAIN)
+        self.state_machine_alias = sfn.CfnStateMachineAlias(
+            self, "HarvestStateMachineLiveAlias", name=LIVE,
+            description="the workflow version that schedules and people start",
+            routing_configuration=[sfn.CfnStateMachineAlias.RoutingConfigurationVersionProperty(
+                state_machine_version_arn=self.state_machine_version.attr_arn, weight=100)])  # fmt: skip
         return machine
 
     # ------------------------------------------------------------------------------------------------------
@@ -370,6 +395,9 @@ class HarvesterStack(cdk.Stack):
         ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(RUNS_PREFIX)}]",
             "the Distributed Map's ItemReader reads one manifest per level under runs/{source}/{run_id}/manifests/, "
             "keys created per run; GetObject only")  # fmt: skip
+        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, self._qualified_arn)}]",
+            "an execution started through the live alias or a version starts its Distributed Map children on that "
+            "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip
         ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, self._executions_arn)}]",
             "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is limited to "
             "the executions of this one state machine")  # fmt: skip
@@ -384,7 +412,9 @@ class HarvesterStack(cdk.Stack):
     def _outputs(self) -> None:
         example = self.sources[0].name if self.sources else "demo"
         cdk.CfnOutput(self, "StateMachineArn", value=self.state_machine.state_machine_arn,
-                      description="Start a run here (Step Functions console: Start execution)")  # fmt: skip
+                      description="The workflow (latest revision); the console shows its runs here")  # fmt: skip
+        cdk.CfnOutput(self, "StateMachineAliasArn", value=self.state_machine_alias.ref,
+                      description="Start runs here (the live alias; schedules use it too)")  # fmt: skip
         cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name,
                       description="raw/{source}/{run_id}/... records, runs/... run state")  # fmt: skip
         cdk.CfnOutput(self, "LedgerTableName", value=self.table.table_name, description="DynamoDB run ledger")

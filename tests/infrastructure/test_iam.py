@@ -85,14 +85,17 @@ def test_state_machine_grants_for_a_distributed_map(harvester_app):
     stack = harvester_app.stack
     stmts = policy_of(harvester_app, stack.state_machine)
     by_sid = {s.get("Sid"): s for s in stmts}
-    invoke = json.dumps(by_sid["InvokeFunctions"]["Resource"])
-    for fn in stack.functions.values():
-        assert stack.get_logical_id(fn.node.default_child) in invoke
+    invoke = by_sid["InvokeFunctions"]["Resource"]
+    # only the live aliases: neither $LATEST nor any other version
+    assert sorted(invoke, key=json.dumps) == sorted(
+        ({"Ref": stack.get_logical_id(a.node.default_child)} for a in stack.aliases.values()), key=json.dumps)
     assert by_sid["ReadManifests"]["Action"] == "s3:GetObject"
     assert "/runs/*" in json.dumps(by_sid["ReadManifests"]["Resource"])
     name = stack.state_machine_name
     assert by_sid["StartChildExecutions"]["Action"] == "states:StartExecution"
-    assert json.dumps(by_sid["StartChildExecutions"]["Resource"]).endswith(f':stateMachine:{name}"]]}}')
+    start = [json.dumps(r) for r in by_sid["StartChildExecutions"]["Resource"]]
+    assert len(start) == 2
+    assert start[0].endswith(f':stateMachine:{name}"]]}}') and start[1].endswith(f':stateMachine:{name}:*"]]}}')
     assert set(by_sid["ManageChildExecutions"]["Action"]) == {"states:DescribeExecution", "states:StopExecution"}
     assert f":execution:{name}:*" in json.dumps(by_sid["ManageChildExecutions"]["Resource"])
     assert set(by_sid["LedgerWrites"]["Action"]) == {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"}

@@ -60,12 +60,16 @@ def test_definition_is_the_file_verbatim_with_every_placeholder_substituted(harv
     assert "${" not in json.dumps(harvester_app.definition)
 
 
-def test_substitutions_point_at_the_stacks_functions_bucket_and_table(harvester_app, machine):
+def test_substitutions_point_at_the_live_aliases_bucket_and_table(harvester_app, machine):
     subs = machine["DefinitionSubstitutions"]
-    ids = {name: harvester_app.stack.get_logical_id(fn.node.default_child) for name, fn in harvester_app.stack.functions.items()}
+    stack = harvester_app.stack
     for name in ("plan", "fetch", "advance"):
-        ref = json.dumps(subs[f"{name.capitalize()}FunctionArn"])
-        assert ids[name] in ref, f"{name}: {ref}"
+        alias_id = stack.get_logical_id(stack.aliases[name].node.default_child)
+        assert subs[f"{name.capitalize()}FunctionArn"] == {"Ref": alias_id}, name
+        alias = harvester_app.cfn["Resources"][alias_id]
+        assert alias["Type"] == "AWS::Lambda::Alias" and alias["Properties"]["Name"] == "live"
+        version_id = alias["Properties"]["FunctionVersion"]["Fn::GetAtt"][0]
+        assert harvester_app.cfn["Resources"][version_id]["Type"] == "AWS::Lambda::Version"
     assert "DataBucket" in json.dumps(subs["BucketName"])
     assert "LedgerTable" in json.dumps(subs["LedgerTableName"])
 
@@ -129,3 +133,17 @@ def test_ledger_writes_go_to_the_stacks_table(states):
     for name, state in states:
         if state["Type"] == "Task" and ":::dynamodb:" in state["Resource"]:
             assert state["Parameters"]["TableName"] == "placeholder-LedgerTableName", name
+
+
+def test_a_version_and_a_live_alias_of_the_state_machine(harvester_app):
+    [(version_id, version)] = resource(harvester_app.cfn, "AWS::StepFunctions::StateMachineVersion")
+    [(sm_id, _)] = resource(harvester_app.cfn, "AWS::StepFunctions::StateMachine")
+    assert version["Properties"]["StateMachineArn"] == {"Ref": sm_id}
+    assert version["Properties"]["StateMachineRevisionId"] == {"Fn::GetAtt": [sm_id, "StateMachineRevisionId"]}
+    assert version["DeletionPolicy"] == "Retain" and version["UpdateReplacePolicy"] == "Retain"  # to roll back to
+    [(alias_id, alias)] = resource(harvester_app.cfn, "AWS::StepFunctions::StateMachineAlias")
+    assert alias["Properties"]["Name"] == "live"
+    assert alias["Properties"]["RoutingConfiguration"] == [
+        {"StateMachineVersionArn": {"Fn::GetAtt": [version_id, "Arn"]}, "Weight": 100}
+    ]
+    assert harvester_app.cfn["Outputs"]["StateMachineAliasArn"]["Value"] == {"Ref": alias_id}
