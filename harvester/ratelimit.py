@@ -1,75 +1,90 @@
 """A rate limiter shared by every worker and every concurrent run of one source.
 
 The vendor's limit is per API key, so the bucket is per *source*: every worker of every run of a
-source draws from one bucket; two sources never share one.
+source draws from one bucket (``RATE#{source}``); two sources never share one.
 
-How it works
-------------
-The shared bucket is a token bucket kept as a *debt* (GCRA): ``tokens`` at ``updated_at`` may be
-negative, meaning that many send slots are already promised to workers in the near future. A worker
-*leases* a block of n tokens in one conditional write and gets back n send **slots** (wall-clock
-times): slot k may be used at ``now + max(0, (k + 1 - tokens) / rate)``. Consecutive leases from any
-worker continue the same schedule, so the whole fleet's sends are spaced 1/rate apart in one
-timeline, plus at most ``bucket_cap`` tokens of burst credit.
+The bucket: a token bucket kept as a schedule (GCRA)
+----------------------------------------------------
+The shared state is ``tat``, the time up to which send slots have been handed out (a token bucket
+with capacity ``bucket_cap`` refilled at ``rate`` is exactly "slots spaced 1/rate apart, at most
+``bucket_cap`` of them behind now"). A worker *leases* a block of n tokens with one conditional
+``UpdateItem`` and gets back n send **slots** (epoch times), slot k at
+``max(now, start + (k + 1) / rate)`` where ``start = max(tat, now - bucket_cap / rate)``:
 
-Locally, a slot is spent at its time (never before) and only within ``grace`` seconds after it;
-a slot not used by then is dropped (the lease has expired). So a worker that dies holding a lease
-merely leaves a gap of at most one block (about ``block_seconds``) in the schedule; nothing waits
-for its tokens and nothing ever uses them later.
+* busy schedule (``now - cap/rate <= tat <= now + max_ahead + block``): ``SET tat = tat + :span``
+  with that ``BETWEEN`` as the condition and ``ReturnValues=UPDATED_NEW``: atomic, needs no read,
+  and appends by different workers never conflict with each other (no lost update: DynamoDB
+  serialises the additions; the new ``tat`` tells the worker where its span ends);
+* idle schedule (``tat < now - cap/rate``): ``SET tat = :lo + :span`` on condition ``tat < :lo``
+  (this is the refill, capped at the bucket's capacity);
+* more than ``max_ahead`` (0.5 s) already handed out: refused without a write; the worker
+  comes back when the backlog has shrunk (with jitter; after a refusal it reads before writing).
 
-Bound: sends in any 1-second window <= rate * (1 + grace) + bucket_cap + 1, and the limiter picks
-``grace`` and ``bucket_cap`` so that this is <= rate + burst (``bucket_cap = burst - 1 - rate *
-grace``, ``grace = min(50 ms, burst / (2 rate))``).
+A failed condition returns the current item (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), so
+a retry costs no extra read. Every worker's sends therefore sit on one timeline, spaced
+1/rate apart, plus at most ``bucket_cap`` tokens of burst.
 
-Block size (tokens per DynamoDB write) adapts per worker: it starts at the number of coroutines
-waiting, doubles while every leased slot gets used, halves when slots expire unused, and is capped
-at ``rate * block_seconds`` (default 200 ms of the fleet's rate). In-process buckets cost nothing
-to lease from, so there the block is exactly the number of waiting coroutines.
+Locally a slot is spent at its time (never before) and only within ``grace`` seconds after it; a
+slot not used by then is dropped (the lease has expired). A worker that dies holding a lease
+leaves a gap of at most its unused slots (<= ``max_ahead`` + one block); nothing waits for its
+tokens and nothing can use them later. ``close()`` gives unused future slots back when nobody
+leased after us (``SET tat = :back`` on condition ``tat = :ours``).
 
-AIMD: ``on_throttle`` (a 429) halves the shared ``rate`` (at most once per ``cut_cooldown``
-seconds, however many workers saw a 429; floor ``min_fraction`` x ceiling), and pushes the
-bucket's debt to at least ``retry_after`` x rate, so no new slot is handed out before
-``paused_until``; the worker that saw the 429 also drops the slots it holds. Additive increase is
-by time: the shared rate grows by ``recovery`` x ceiling per second of 429-free time after the cut
-(and after ``paused_until``), never above the ceiling (the ``rate`` given to ``limiter_for``).
-``on_success`` only counts.
+Bound: sends in any 1-second window <= rate x (1 + grace + jitter) + bucket_cap + 1 <= rate + burst,
+by the choice ``grace = min(50 ms, burst / (2 rate))``, ``bucket_cap = burst - 1 - rate x (grace +
+jitter)`` (``jitter`` = 10 ms of send-path delay kept in reserve).
+
+Block size (tokens per write) adapts per worker: it starts at half the largest block
+(``rate x block_seconds``, 200 ms of the fleet's rate), doubles while every leased slot gets used,
+halves when slots expire unused, and is at least the number of coroutines waiting. The next block
+is leased in the background before the current one runs out (lease latency is measured, and the
+slots of a lease start that much later so the write's round trip does not eat them). In-process
+buckets cost nothing, so there the block is exactly the number of waiting coroutines.
+
+AIMD
+----
+``on_throttle`` (a 429) cuts the shared ``rate`` by ``cut_factor`` (0.5), at most once per
+``cut_cooldown`` (1 s) however many workers saw a 429, floor ``min_fraction`` (5 %) of the ceiling;
+sets ``paused_until = max(paused_until, now + Retry-After)`` and ``tat >= paused_until``, so no new
+slot is handed out before it; the worker drops the slots it holds. Other workers learn of the pause
+within ``pause_poll`` (0.2 s: a projected, eventually consistent GetItem of ``paused_until`` while
+they are sending) and drop theirs. Additive increase is a function of time, so it needs no write:
+``rate(t) = min(ceiling, rate + recovery x ceiling x (t - max(rate_at, paused_until)))`` with
+``recovery`` 5 % of the ceiling per 429-free second. The ceiling is the ``rate`` given to
+``limiter_for`` and is never exceeded. ``on_success`` only counts.
 
 Time source
 -----------
 One time source: the **wall clock** (epoch seconds, ``clock()``, default ``time.time``) of each
-worker, which on Lambda is kept in sync by the Amazon Time Sync Service (well under 10 ms). Slot
-times are epoch seconds in the item's timeline. Skew cannot create tokens: ``updated_at`` never moves
-backwards (a write stores ``max(updated_at, now)``), and the refill is computed from
-``max(0, now - updated_at)``: a worker whose clock is behind gets no refill and waits; a worker whose
-clock is ahead advances ``updated_at`` once, which at most refills the bucket to its cap (burst), and
-everybody else then waits for the item's timeline. Within a second, workers skewed by d can bunch
-sends by at most rate x d.
+worker; on Lambda it is disciplined by the Amazon Time Sync Service (well under 10 ms apart). Slot
+times, ``tat``, ``paused_until`` and ``rate_at`` are epoch seconds. Skew cannot create tokens:
+``tat`` never moves backwards (appends add, a reset or a pause only raises it), and tokens are
+issued only by advancing ``tat``; a worker whose clock is behind sees ``tat`` ahead of it and
+waits (or is told to come back); one whose clock is ahead can at most take the burst credit of an
+idle bucket, after which everybody waits for the item's timeline. Within a second, workers skewed
+by d can bunch sends by at most rate x d. Local waits use ``asyncio.sleep`` on the same clock.
 
 DynamoDB item (the ledger table; ``pk``/``sk`` strings, TTL attribute ``expires_at``)
 --------------------------------------------------------------------------------------
-``pk = RATE#{source}``, ``sk = BUCKET``; ``tokens`` (N, may be negative: promised slots),
-``updated_at`` (N, epoch s, never decreases), ``rate`` (N, the current shared AIMD rate),
-``rate_at`` (N, additive increase accrues from here), ``paused_until`` (N), ``last_cut`` (N),
-``ceiling`` and ``burst`` (N, the last leaser's configuration, informational), ``version`` (N, the
-optimistic-concurrency counter every write is conditioned on), ``leases`` and ``tokens_leased`` (N,
-counters), ``throttles`` (N), ``expires_at`` (N, now + 1 day). Writes are ``UpdateItem`` with
-``ConditionExpression`` ``version = :v`` (``attribute_not_exists(pk)`` for the first) and
-``ReturnValuesOnConditionCheckFailure=ALL_OLD``, so a lost race returns the current item and the
-retry costs no read. A worker caches the item it last wrote; the steady state is one write per lease.
+``pk = RATE#{source}``, ``sk = BUCKET``; ``tat`` (N, epoch s, the schedule: never decreases),
+``rate`` (N, the AIMD base rate set by the last cut), ``rate_at`` (N, time of the last cut),
+``last_cut`` (N), ``paused_until`` (N), ``ceiling``/``burst`` (N, the creator's configuration,
+informational), counters ``leases``, ``tokens_leased``, ``throttles`` (N), ``expires_at`` (N,
+now + 1 day, refreshed by every lease). Numbers are stored with 6 decimals.
 
-``table`` is a boto3 DynamoDB ``Table`` resource (its thread-safe low-level client and name are
-used) or a table name (a default boto3 client is made).
+``table`` is a boto3 DynamoDB ``Table`` resource (its client, which is thread-safe unlike the
+resource, and its name are used) or a table name (a default boto3 resource is made).
 
-Every ``RateLimiter`` returned by :func:`limiter_for` may be used from any thread and any event
-loop (no asyncio primitive is bound to a loop); the in-process buckets (``table=None``) are kept in
-a process-wide registry keyed by source.
+Every limiter returned by :func:`limiter_for` may be used from any thread and any event loop (no
+asyncio primitive is bound to a loop: waiting coroutines wait on futures of their own loop, woken
+with ``call_soon_threadsafe``). ``table=None`` uses an in-process bucket per source from a
+thread-safe, process-wide registry, with the same arithmetic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import random
 import threading
 import time
@@ -123,6 +138,7 @@ class LimiterConfig:
     recovery: float = 0.05  # additive increase: fraction of the ceiling per 429-free second
     cut_cooldown: float = 1.0  # 429s within this many seconds of a cut do not cut again
     max_ahead: float = 0.5  # no lease starts later than this after now: bounds the backlog
+    pause_poll: float = 0.2  # seconds between checks of the shared paused_until (0: never)
     jitter: float = 0.01  # seconds of send-path jitter the burst budget keeps in reserve
     grace: float = field(default=-1.0)  # seconds a slot stays usable; <0: derived
     bucket_cap: float = field(default=-1.0)  # burst credit kept in the bucket; <0: derived
@@ -263,6 +279,10 @@ class MemoryBucket:
     def peek(self) -> dict | None:
         with self._lock:
             return dict(self.state) if self.state else None
+
+    def paused_until(self) -> float:
+        with self._lock:
+            return float(self.state["paused_until"]) if self.state else 0.0
 
 
 _STATE_FIELDS = ("tat", "rate", "rate_at", "paused_until", "last_cut")
@@ -451,6 +471,14 @@ class DynamoBucket:
     def peek(self) -> dict | None:
         return self.read()
 
+    def paused_until(self) -> float:
+        """The shared pause (an eventually consistent read: half a read unit)."""
+        self.reads += 1
+        r = self.client.get_item(TableName=self.table_name, Key=self.key,
+                                 ProjectionExpression="paused_until")
+        v = r.get("Item", {}).get("paused_until")
+        return float(v) if v is not None else 0.0
+
 
 # ---------------------------------------------------------------------------------------------
 # The limiter a worker uses
@@ -496,10 +524,13 @@ class Limiter:
         self._last_lease_start = 0.0
         self._queue_delay = 0.0
         self._lease_rate = cfg.ceiling
+        self._last_pause_check = 0.0
+        self._last_error: str | None = None
         self._pending: set[asyncio.Future] = set()
         self._closed = False
         self._s = dict(tokens_granted=0, leases=0, lease_writes=0, lease_conflicts=0,
-                       tokens_leased=0, tokens_expired=0, woke_late=0, backlog_waits=0, tokens_returned=0, waits=0,
+                       tokens_leased=0, tokens_expired=0, woke_late=0, backlog_waits=0,
+                       pause_checks=0, errors=0, tokens_returned=0, waits=0,
                        wait_seconds=0.0, throttles=0, successes=0)
 
     # -- public API
@@ -525,19 +556,22 @@ class Limiter:
                     fut = loop.create_future()
                     self._waiters.append((loop, fut))
             if prefetch:
-                task = loop.create_task(self._lease(want))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self._spawn(loop, self._lease(want))
             if slot is not None:
                 delay = slot - now
                 if delay > 0:
                     await asyncio.sleep(delay)
                     now = self.clock()
+                if self._pause_check_due(now):  # has another worker seen a 429 meanwhile?
+                    await self._check_pause()
+                    now = self.clock()
+                if delay > 0 or slot < self._paused_until:
                     if now > slot + self.cfg.grace or slot < self._paused_until:
                         with self._lock:  # woke too late (or a 429 arrived): not usable
                             self._s["tokens_expired"] += 1
-                            self._s["woke_late"] += 1
-                            self._expired_since_lease += 1
+                            if slot >= self._paused_until:
+                                self._s["woke_late"] += 1
+                                self._expired_since_lease += 1
                         continue
                 self._granted(start, now)
                 return
@@ -621,6 +655,40 @@ class Limiter:
             s.popleft()
             self._s["tokens_expired"] += 1
             self._expired_since_lease += 1
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro) -> None:
+        task = loop.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            with self._lock:  # a failed prefetch: the next acquire leases (and raises) itself
+                self._s["errors"] += 1
+                self._last_error = repr(task.exception())
+
+    def _pause_check_due(self, now: float) -> bool:
+        """Slots are leased up to max_ahead ahead, so a 429 seen by another worker must reach
+        us sooner than our next lease: look at the item's paused_until every pause_poll s."""
+        if self.bucket.cheap:
+            return True  # in memory: free, look every time
+        poll = self.cfg.pause_poll
+        if poll <= 0 or now - self._last_pause_check < poll:
+            return False
+        with self._lock:
+            if now - self._last_pause_check < poll:
+                return False
+            self._last_pause_check = now
+            return True
+
+    async def _check_pause(self) -> None:
+        paused_until = await self._call(self.bucket.paused_until)
+        with self._lock:
+            self._s["pause_checks"] += 1
+            if paused_until > self._paused_until:
+                self._paused_until = paused_until
+                self._drop_unusable(self.clock())
 
     def _low_water(self, now: float) -> bool:
         if self.bucket.cheap or self._leasing:

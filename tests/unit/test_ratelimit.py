@@ -288,7 +288,10 @@ def test_429_storm_cuts_the_rate_then_it_recovers(server, table):
     paused = count_between(ok, t0 + 1.4, t0 + 1.8)
     after_pause = count_between(ok, t0 + 1.8, t0 + 2.3) / 0.5
     recovered = count_between(ok, t0 + 3.5, t0 + 4.5)
-    print(f"\n[429 storm @{ceiling}/s] 429s={len(refused)} ok={len(ok)} rate min={min(rates)} "
+    hist = [count_between(ok, t0 + k / 4, t0 + (k + 1) / 4) for k in range(18)]
+    print(f"\n  calls per 250 ms from the start: {hist}; 429s at "
+          f"{[round(x - t0, 2) for x in refused]}")
+    print(f"[429 storm @{ceiling}/s] 429s={len(refused)} ok={len(ok)} rate min={min(rates)} "
           f"final={rates[-1]} r/s before={before:.1f} during pause={paused} "
           f"just after={after_pause:.1f} last second={recovered} "
           f"throttles={sum(lim.stats()['throttles'] for lim in lims)}")
@@ -427,3 +430,36 @@ def test_metrics_only_when_given():
             "RateLimiterCurrentRate"} <= names
     assert blob["RateLimiterTokensGranted"] in (5.0, [5.0])
     metrics.clear_metrics()
+
+
+def test_in_process_429_pauses_every_thread():
+    """table=None: one worker's 429 stops the other threads' workers too (shared bucket)."""
+    rate, burst = 50, 5
+    paused_for = 0.6
+    seen: list[float] = []
+    lock = threading.Lock()
+    t0 = time.time()
+
+    def worker(i: int) -> None:
+        async def main() -> None:
+            lim = limiter_for("pause", rate, burst)
+            while time.time() < t0 + 1.5:
+                await lim.acquire()
+                now = time.time()
+                with lock:
+                    seen.append(now)
+                if i == 0 and t0 + 0.5 <= now and not getattr(main, "done", False):
+                    main.done = True
+                    lim.on_throttle(paused_for)
+
+        asyncio.run(main())
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    seen.sort()
+    first_after = next(x for x in seen if x >= t0 + 0.5)
+    assert count_between(seen, first_after + 0.02, first_after + paused_for - 0.01) == 0
+    assert count_between(seen, first_after + paused_for, t0 + 1.5) >= 1
