@@ -26,6 +26,7 @@ from constructs import Construct
 from stacks import nag
 from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, BundleSpec, lambda_code
 from stacks.config import HarvesterConfig
+from stacks.schedules import SourceSchedules
 from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
 
 try:  # the lead's contract: the one definition file and the placeholders CDK must fill
@@ -91,6 +92,11 @@ class HarvesterStack(cdk.Stack):
                           memory_mb=512, timeout_s=300)  # fmt: skip
 
         self.state_machine = self._state_machine()
+        self.schedules: SourceSchedules | None = None
+        if self.config.schedules and any(source.schedule for source in self.sources):
+            self.schedules = SourceSchedules(self, "Schedules", sources=self.sources,
+                                             target_arn=self.state_machine_alias.ref,
+                                             removal_policy=self.removal_policy)  # fmt: skip
         self._outputs()
         self.nag_acknowledgments: list[nag.Ack] = []
         self._acknowledge_nag_findings()
@@ -408,6 +414,11 @@ class HarvesterStack(cdk.Stack):
                 ack(secret.node.default_child, "AwsSolutions-SMG4",
                     f"holds the API key the vendor of source {source.name!r} issues; only the vendor can issue a new "
                     "one, so no rotation Lambda can rotate it: rotate by putting the new key (README)")  # fmt: skip
+
+        if self.schedules:
+            ack(self.schedules.dead_letter_queue.node.default_child, "AwsSolutions-SQS3",
+                "this queue is itself the dead-letter queue of the schedules (failed run starts); it is alarmed on, "
+                "not re-driven automatically")  # fmt: skip
 
     def _outputs(self) -> None:
         example = self.sources[0].name if self.sources else "demo"

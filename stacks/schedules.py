@@ -1,0 +1,108 @@
+"""EventBridge Scheduler: one schedule per source whose spec has a `schedule:` block.
+
+Each schedule starts the workflow's `live` alias with `{"source": "<name>"}` at the spec's cron and time zone,
+flexible window off; a start that still fails after Scheduler's retries lands in an encrypted SQS dead-letter
+queue (alarmed in stacks/observability.py). Nothing polls while idle: Scheduler is the only clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.sources import SourceConfigError, SourceInfo
+
+_CRON = re.compile(r"^cron\((.+)\)$")
+
+
+def check_schedule(source: SourceInfo) -> None:
+    """EventBridge Scheduler's cron has six fields (minutes hours day-of-month month day-of-week year)."""
+    schedule = source.schedule
+    assert schedule is not None
+    m = _CRON.match(schedule.expression)
+    fields = m.group(1).split() if m else []
+    if len(fields) != 6:
+        raise SourceConfigError(
+            f"{source.path}: schedule.cron: expected six fields 'minutes hours day-of-month month day-of-week year', "
+            f"e.g. '0 3 * * ? *', got {schedule.cron!r}"
+        )
+    if "?" not in (fields[2], fields[4]):
+        raise SourceConfigError(
+            f"{source.path}: schedule.cron: one of day-of-month and day-of-week must be '?', got {schedule.cron!r}"
+        )
+    try:
+        ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SourceConfigError(f"{source.path}: schedule.timezone: unknown time zone {schedule.timezone!r}") from None
+
+
+class SourceSchedules(Construct):
+    """The dead-letter queue, the role Scheduler assumes, and one schedule per scheduled source."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        sources: list[SourceInfo],
+        target_arn: str,
+        retention_days: int = 14,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        scheduled = [s for s in sources if s.schedule]
+        for source in scheduled:
+            check_schedule(source)
+        self.schedules: dict[str, scheduler.CfnSchedule] = {}
+
+        self.dead_letter_queue = sqs.Queue(
+            self,
+            "DeadLetterQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(min(max(retention_days, 1), 14)),
+            removal_policy=removal_policy,
+        )
+        account = cdk.Stack.of(self).account
+        self.role = iam.Role(
+            self,
+            "SchedulerRole",
+            description="EventBridge Scheduler: start harvester runs",
+            assumed_by=iam.ServicePrincipal(
+                "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": account}}
+            ),
+        )
+        self.role.add_to_policy(iam.PolicyStatement(sid="StartRuns", actions=["states:StartExecution"],
+                                                    resources=[target_arn]))  # fmt: skip
+        self.dead_letter_queue.grant_send_messages(self.role)
+
+        for source in scheduled:
+            schedule = source.schedule
+            assert schedule is not None
+            self.schedules[source.name] = scheduler.CfnSchedule(
+                self,
+                f"Schedule-{source.name}",
+                description=f"harvest source {source.name!r} ({schedule.cron}, {schedule.timezone})",
+                schedule_expression=schedule.expression,
+                schedule_expression_timezone=schedule.timezone,
+                flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+                state="ENABLED" if schedule.enabled else "DISABLED",
+                target=scheduler.CfnSchedule.TargetProperty(
+                    arn=target_arn,
+                    role_arn=self.role.role_arn,
+                    input=json.dumps({"source": source.name}),
+                    retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
+                        maximum_event_age_in_seconds=3600, maximum_retry_attempts=5
+                    ),
+                    dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
+                        arn=self.dead_letter_queue.queue_arn
+                    ),
+                ),
+            )
