@@ -82,6 +82,10 @@ class HarvesterConfig:
     schedules: bool = True
     #: e-mail subscribed to the alarm topic (empty: the topic has no subscription)
     alarmEmail: str = ""
+    #: a run (execution) longer than this raises the "run too long" alarm
+    expectedRunMinutes: int = 180
+    #: 429 answers per 5 minutes, sustained for 15 minutes, that raise a source's "throttled" alarm
+    throttledAlarmThreshold: int = 10
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -26,6 +26,7 @@ from constructs import Construct
 from stacks import nag
 from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, BundleSpec, lambda_code
 from stacks.config import HarvesterConfig
+from stacks.observability import Observability
 from stacks.schedules import SourceSchedules
 from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
 
@@ -97,6 +98,7 @@ class HarvesterStack(cdk.Stack):
             self.schedules = SourceSchedules(self, "Schedules", sources=self.sources,
                                              target_arn=self.state_machine_alias.ref,
                                              removal_policy=self.removal_policy)  # fmt: skip
+        self.observability = Observability(self, "Observability", stack=self)
         self._outputs()
         self.nag_acknowledgments: list[nag.Ack] = []
         self._acknowledge_nag_findings()
@@ -431,5 +433,8 @@ class HarvesterStack(cdk.Stack):
         cdk.CfnOutput(self, "LedgerTableName", value=self.table.table_name, description="DynamoDB run ledger")
         cdk.CfnOutput(self, "ExampleExecutionInput", value=json.dumps({"source": example}),
                       description='Execution input; optional "run_id", or "resume": "<run_id>"')  # fmt: skip
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn,
+                      description="Alarms are sent here (subscribe with -c alarmEmail=... or in the console)")  # fmt: skip
+        cdk.CfnOutput(self, "DashboardName", value=self.observability.dashboard.dashboard_name)
         cdk.CfnOutput(self, "Sources", value=",".join(s.name for s in self.sources) or "(none)",
                       description="Deployed sources; put each API key in the secret harvester/{source}")  # fmt: skip

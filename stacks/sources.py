@@ -41,6 +41,10 @@ class SourceInfo:
     path: Path
     secret_name: str
     schedule: Schedule | None
+    #: level names in order (the `level` dimension of the fetch metrics)
+    levels: tuple[str, ...] = ()
+    #: the vendor's limit in requests per second, if the spec sets one (drawn on the dashboard)
+    requests_per_second: float | None = None
 
     @property
     def default_secret(self) -> bool:
@@ -74,7 +78,18 @@ def read_source(path: Path) -> SourceInfo:
         raise SourceConfigError(f"{path}: name is {name!r} but the file is named {path.name}; they must agree")
     auth = data.get("auth") if isinstance(data.get("auth"), dict) else {}
     secret = auth.get("secret") or f"{SECRET_PREFIX}{name}"
-    return SourceInfo(name=name, path=path, secret_name=str(secret), schedule=_schedule(data.get("schedule"), path))
+    levels = data.get("levels") if isinstance(data.get("levels"), list) else []
+    level_names = tuple(str(lv["name"]) for lv in levels if isinstance(lv, dict) and lv.get("name"))
+    rate = data.get("rate_limit") if isinstance(data.get("rate_limit"), dict) else {}
+    rps = rate.get("requests_per_second")
+    return SourceInfo(
+        name=name,
+        path=path,
+        secret_name=str(secret),
+        schedule=_schedule(data.get("schedule"), path),
+        levels=level_names,
+        requests_per_second=float(rps) if isinstance(rps, (int, float)) and not isinstance(rps, bool) else None,
+    )
 
 
 def discover(folder: Path = SOURCES_DIR) -> list[SourceInfo]:
