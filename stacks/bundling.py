@@ -5,9 +5,10 @@ Each function's bundle is:
 * the wheels of `lambdas/requirements/{name}.txt`, installed by pip for the Lambda runtime's Python and
   architecture (manylinux wheels only, never an sdist built for this machine), minus boto3/botocore/s3transfer
   which the runtime provides;
-* the `lambdas/` package (only `.py` files);
-* the `harvester/` package without the parts that only the laptop needs (`vendor/`, `local/`, `cli.py`:
-  they import aiohttp and moto) and, unless the function asks for it, without `lake/` (pyarrow);
+* the handler's module and every project module (`lambdas.*`, `harvester.*`) it imports, transitively (found
+  by reading the imports, so each bundle carries only what its function imports: no `harvester/lake` (pyarrow)
+  in the fetch bundle); the laptop-only parts (`harvester/vendor`, `harvester/local`, `harvester/cli.py`: they
+  import aiohttp and moto) are refused if a handler ever imports them;
 * the `sources/` folder (the specs the plan function reads from `HARVESTER_SOURCES_DIR=/var/task/sources`).
 
 Why arm64 (Graviton): the functions are billed by duration and the fetch worker spends most of its time
@@ -21,6 +22,7 @@ target platform), so `cdk synth` re-bundles only when one of them changes.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import shutil
@@ -49,31 +51,63 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 #: provided by the Lambda runtime; bundling them only adds ~30 MB (and a second botocore to shadow the first)
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 
-#: packages copied into every bundle, and what is left out of each (top-level names inside the package)
+#: project packages whose modules a bundle carries: exactly those the handler imports, transitively
 PACKAGES = ("lambdas", "harvester")
-ALWAYS_EXCLUDED = {"lambdas": frozenset({"requirements"}), "harvester": frozenset({"vendor", "local", "cli.py"})}
-#: left out unless a function includes it: the Parquet lake needs pyarrow (~170 MB), only convert/query carry it
-OPTIONAL_PARTS = frozenset({"harvester/lake"})
+#: laptop-only code (aiohttp, moto): a handler that imports it is refused at synth
+NEVER_BUNDLED = ("harvester/vendor", "harvester/local", "harvester/cli.py")
 DATA_DIRS = ("sources",)
 
 _SKIP = {"__pycache__", ".pytest_cache"}
 
 
-def _package_files(root: Path = ROOT, include: frozenset[str] = frozenset()) -> list[tuple[Path, str]]:
-    """(source file, path inside the bundle) of every file copied besides the wheels, sorted."""
-    files: list[tuple[Path, str]] = []
-    for folder in PACKAGES:
-        base = root / folder
-        if not base.is_dir():
+class BundleError(ValueError):
+    """A function's bundle cannot be made (missing handler module, laptop-only import, ...)."""
+
+
+def _module_file(root: Path, dotted: str) -> Path | None:
+    parts = dotted.split(".")
+    if not parts or parts[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def import_closure(root: Path, module: str) -> list[Path]:
+    """The project files `module` needs: itself, every project module it imports (at top level or inside a
+    function, absolute or relative), transitively, and their packages' `__init__.py`. Sorted."""
+    if _module_file(root, module) is None:
+        raise BundleError(f"handler module {module!r} not found under {root}")
+    seen: dict[Path, str] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        path = _module_file(root, mod)
+        if path is None or path in seen:
             continue
-        excluded = ALWAYS_EXCLUDED.get(folder, frozenset()) | {
-            part.split("/", 1)[1] for part in OPTIONAL_PARTS - include if part.startswith(f"{folder}/")
-        }
-        for path in sorted(base.rglob("*.py")):
-            rel = path.relative_to(base)
-            if rel.parts[0] in excluded or _SKIP.intersection(rel.parts):
-                continue
-            files.append((path, f"{folder}/{rel.as_posix()}"))
+        seen[path] = mod
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base_parts = package[: len(package) - (node.level - 1)]
+                    base = ".".join([*base_parts, *([node.module] if node.module else [])])
+                else:
+                    base = node.module or ""
+                todo.append(base)
+                todo += [f"{base}.{alias.name}" for alias in node.names]  # `from pkg import submodule`
+    return sorted(seen)
+
+
+def _data_files(root: Path) -> list[tuple[Path, str]]:
+    files = []
     for folder in DATA_DIRS:
         base = root / folder
         if not base.is_dir():
@@ -92,22 +126,31 @@ class BundleSpec:
 
     name: str
     requirements: Path
+    #: the handler's module (`lambdas.plan`); the bundle carries it and what it imports from the project
+    module: str = ""
     architecture: str = "arm64"
     root: Path = ROOT
-    #: optional parts of the project this function needs (see OPTIONAL_PARTS), e.g. {"harvester/lake"}
-    include: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        unknown = set(self.include) - OPTIONAL_PARTS
-        if unknown:
-            raise ValueError(f"function {self.name!r}: unknown optional parts {sorted(unknown)} (known: {sorted(OPTIONAL_PARTS)})")
         if self.architecture not in PLATFORMS:
             raise ValueError(f"architecture must be one of {sorted(PLATFORMS)}, got {self.architecture!r}")
         if not self.requirements.is_file():
             raise FileNotFoundError(f"requirements of function {self.name!r} not found: {self.requirements}")
 
+    @property
+    def handler_module(self) -> str:
+        return self.module or f"lambdas.{self.name}"
+
     def files(self) -> list[tuple[Path, str]]:
-        return _package_files(self.root, frozenset(self.include))
+        """(source file, path inside the bundle) of every file copied besides the wheels, sorted."""
+        code = [(p, p.relative_to(self.root).as_posix()) for p in import_closure(self.root, self.handler_module)]
+        banned = [rel for _, rel in code if rel.startswith(NEVER_BUNDLED)]
+        if banned:
+            raise BundleError(
+                f"function {self.name!r}: {self.handler_module} imports laptop-only code {banned} "
+                "(it needs aiohttp/moto, which Lambda bundles do not carry)"
+            )
+        return code + _data_files(self.root)
 
     def pip_command(self, target: str | Path) -> list[str]:
         cmd = [
@@ -125,7 +168,7 @@ class BundleSpec:
 
     def asset_hash(self) -> str:
         h = hashlib.sha256()
-        h.update(f"python{PYTHON_VERSION}|{self.architecture}|{'/'.join(RUNTIME_PROVIDED)}|{sorted(self.include)}\n".encode())
+        h.update(f"python{PYTHON_VERSION}|{self.architecture}|{'/'.join(RUNTIME_PROVIDED)}\n".encode())
         h.update(self.requirements.read_bytes())
         for path, rel in self.files():
             h.update(f"\n{rel}\n".encode())

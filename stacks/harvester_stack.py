@@ -194,12 +194,11 @@ class HarvesterStack(cdk.Stack):
         memory_mb: int = 512,
         timeout_s: int = 300,
         requirements: Path | None = None,
-        include: frozenset[str] = frozenset(),
     ) -> lambda_.Function:
-        """One Lambda function with its bundle (`lambdas/requirements/{name}.txt`, plus optional project parts such
-        as `{"harvester/lake"}`), log group and grants."""
+        """One Lambda function with its bundle (wheels of `lambdas/requirements/{name}.txt`, the handler's module and
+        the project modules it imports), log group, grants and `live` alias."""
         spec = BundleSpec(name=name, requirements=requirements or REQUIREMENTS_DIR / f"{name}.txt",
-                          architecture=self.config.arch, include=frozenset(include))  # fmt: skip
+                          module=handler.rsplit(".", 1)[0], architecture=self.config.arch)  # fmt: skip
         cid = name.capitalize()
         log_group = logs.LogGroup(
             self,

@@ -7,6 +7,10 @@ import pytest
 from .helpers import HarvesterApp, make_app, render_definition, resource
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "packaging: builds the real Lambda bundles with pip (needs PyPI, ~1 minute)")
+
+
 @pytest.fixture(scope="session")
 def harvester_app() -> HarvesterApp:
     from aws_cdk.assertions import Template

@@ -6,37 +6,78 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bundling import PLATFORMS, REQUIREMENTS_DIR, BundleSpec
+from stacks.bundling import PLATFORMS, REQUIREMENTS_DIR, BundleError, BundleSpec
+
+
+TREE = {
+    "lambdas/__init__.py": "",
+    "lambdas/plan.py": "from harvester import aws\nfrom harvester.spec import load_spec\n",
+    "lambdas/convert.py": "def handler(e, c):\n    from harvester.lake.convert import run\n",
+    "lambdas/bad.py": "import harvester.local.engine\n",
+    "lambdas/requirements/plan.txt": "pyyaml\n",
+    "harvester/__init__.py": "",
+    "harvester/aws.py": "import boto3\nfrom . import storage\n",
+    "harvester/storage.py": "import json\n",
+    "harvester/spec.py": "from harvester.template import references\n",
+    "harvester/template.py": "",
+    "harvester/worker.py": "import httpx\n",
+    "harvester/cli.py": "import aiohttp\n",
+    "harvester/local/__init__.py": "",
+    "harvester/local/engine.py": "import moto\n",
+    "harvester/lake/__init__.py": "",
+    "harvester/lake/convert.py": "import pyarrow\nfrom .schema import x\n",
+    "harvester/lake/schema.py": "",
+    "harvester/__pycache__/spec.cpython-311.pyc": "",
+    "sources/demo.yaml": "name: demo\n",
+    "sources/.hidden": "",
+}
 
 
 def make_tree(root: Path) -> None:
-    for rel in ["lambdas/__init__.py", "lambdas/plan.py", "lambdas/requirements/plan.txt", "harvester/__init__.py",
-                "harvester/spec.py", "harvester/cli.py", "harvester/vendor/__init__.py", "harvester/local/engine.py",
-                "harvester/lake/convert.py", "harvester/__pycache__/spec.cpython-311.pyc", "sources/demo.yaml",
-                "sources/.hidden"]:  # fmt: skip
+    for rel, text in TREE.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(f"# {rel}\n")
+        (root / rel).write_text(text)
 
 
-def test_bundle_files_leave_out_the_laptop_parts_and_the_lake(tmp_path):
+def spec_for(root: Path, name: str, **kw) -> BundleSpec:
+    return BundleSpec(name, root / "lambdas/requirements/plan.txt", root=root, **kw)
+
+
+def test_a_bundle_carries_exactly_what_its_handler_imports(tmp_path):
     make_tree(tmp_path)
-    spec = BundleSpec("plan", tmp_path / "lambdas/requirements/plan.txt", root=tmp_path)
-    assert [rel for _, rel in spec.files()] == [
-        "lambdas/__init__.py", "lambdas/plan.py", "harvester/__init__.py", "harvester/spec.py", "sources/demo.yaml",
+    assert [rel for _, rel in spec_for(tmp_path, "plan").files()] == [
+        "harvester/__init__.py", "harvester/aws.py", "harvester/spec.py", "harvester/storage.py",
+        "harvester/template.py", "lambdas/__init__.py", "lambdas/plan.py", "sources/demo.yaml",
     ]  # fmt: skip
-    lake = BundleSpec("convert", tmp_path / "lambdas/requirements/plan.txt", root=tmp_path, include=frozenset({"harvester/lake"}))
-    assert "harvester/lake/convert.py" in [rel for _, rel in lake.files()]
+
+
+def test_lazy_and_relative_imports_are_followed(tmp_path):
+    make_tree(tmp_path)
+    files = [rel for _, rel in spec_for(tmp_path, "convert").files()]
+    assert {"harvester/lake/__init__.py", "harvester/lake/convert.py", "harvester/lake/schema.py"} <= set(files)
+    assert "harvester/worker.py" not in files
+
+
+def test_laptop_only_code_is_refused(tmp_path):
+    make_tree(tmp_path)
+    with pytest.raises(BundleError, match="laptop-only"):
+        spec_for(tmp_path, "bad").files()
+    with pytest.raises(BundleError, match="not found"):
+        spec_for(tmp_path, "missing").files()
 
 
 def test_hash_follows_the_content(tmp_path):
     make_tree(tmp_path)
-    spec = BundleSpec("plan", tmp_path / "lambdas/requirements/plan.txt", root=tmp_path)
+    spec = spec_for(tmp_path, "plan")
     before = spec.asset_hash()
-    (tmp_path / "harvester/cli.py").write_text("changed, but not bundled")
+    (tmp_path / "harvester/worker.py").write_text("changed, but not in this bundle")
     assert spec.asset_hash() == before
+    (tmp_path / "harvester/template.py").write_text("# changed")
+    assert spec.asset_hash() != before
+    before = spec.asset_hash()
     (tmp_path / "sources/demo.yaml").write_text("changed")
     assert spec.asset_hash() != before
-    assert BundleSpec("plan", spec.requirements, root=tmp_path, architecture="x86_64").asset_hash() != spec.asset_hash()
+    assert spec_for(tmp_path, "plan", architecture="x86_64").asset_hash() != spec.asset_hash()
 
 
 @pytest.mark.parametrize("arch", sorted(PLATFORMS))
