@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Print every cdk-nag acknowledgment of the app as a Markdown table (for the README).
+"""The app's cdk-nag acknowledgments as a Markdown table, kept in stacks/README.md between markers.
 
-    python3 scripts/nag_acknowledgments.py [-c key=value ...]
+    python3 scripts/nag_acknowledgments.py            # print the table
+    python3 scripts/nag_acknowledgments.py --write    # rewrite the table in stacks/README.md
+    python3 scripts/nag_acknowledgments.py --check    # exit 1 if stacks/README.md is out of date
 """
 
 from __future__ import annotations
@@ -9,26 +11,40 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DOC = ROOT / "stacks" / "README.md"
+BEGIN, END = "<!-- nag-acknowledgments:begin -->", "<!-- nag-acknowledgments:end -->"
+
+
+def current_table() -> str:
+    import aws_cdk as cdk
+
+    from stacks import nag
+    from stacks.app import build_app
+
+    stack = build_app(cdk.App(context={"nag": "false", "aws:cdk:bundling-stacks": []}))
+    return nag.ack_table(stack, [s.name for s in stack.sources])
+
+
+def documented_table(text: str) -> str:
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[start:end].strip() + "\n"
 
 
 def main(argv: list[str]) -> int:
-    import aws_cdk as cdk
-
-    from stacks.app import build_app
-
-    context: dict[str, str] = {"nag": "false", "aws:cdk:bundling-stacks": []}  # type: ignore[dict-item]
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-c", "--context"):
-            key, _, value = next(args).partition("=")
-            context[key] = value
-    stack = build_app(cdk.App(context=context))
-    print("| construct | finding | reason |")
-    print("| --- | --- | --- |")
-    for ack in stack.nag_acknowledgments:
-        path = ack.path.removeprefix(f"{stack.stack_name}/")
-        print(f"| `{path}` | `{ack.rule}` | {ack.reason} |")
+    table = current_table()
+    if "--write" in argv:
+        text = DOC.read_text()
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        DOC.write_text(text[:start] + "\n" + table + text[end:])
+    elif "--check" in argv:
+        if documented_table(DOC.read_text()) != table:
+            print(f"{DOC} lists other cdk-nag acknowledgments than the app makes; run {__file__} --write", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(table)
     return 0
 
 

@@ -414,7 +414,7 @@ class HarvesterStack(cdk.Stack):
             if isinstance(secret, secretsmanager.Secret):
                 ack(secret.node.default_child, "AwsSolutions-SMG4",
                     f"holds the API key the vendor of source {source.name!r} issues; only the vendor can issue a new "
-                    "one, so no rotation Lambda can rotate it: rotate by putting the new key (README)")  # fmt: skip
+                    "one, so no rotation Lambda can rotate it: rotate by putting the new key (stacks/README.md)")  # fmt: skip
 
         if self.schedules:
             ack(self.schedules.dead_letter_queue.node.default_child, "AwsSolutions-SQS3",

@@ -56,3 +56,25 @@ def finding_resource(stack: cdk.Stack, value: Any) -> str:
         raise ValueError(f"cannot render {node!r} as cdk-nag does")
 
     return flatten(stack.resolve(value))
+
+
+def ack_rows(stack: cdk.Stack, sources: list[str]) -> list[tuple[str, str, str]]:
+    """(construct, finding, reason) per acknowledgment, with a source's name written `{source}` so the table
+    does not change when a source is added; sorted, deduplicated."""
+
+    def generic(text: str) -> str:
+        for name in sorted(sources, key=len, reverse=True):
+            text = text.replace(f"Secret-{name}/", "Secret-{source}/").replace(f"source {name!r}", "source '{source}'")
+        return text
+
+    rows = {
+        (generic(a.path.removeprefix(f"{stack.node.id}/")), a.rule, generic(a.reason))
+        for a in getattr(stack, "nag_acknowledgments", [])
+    }
+    return sorted(rows)
+
+
+def ack_table(stack: cdk.Stack, sources: list[str]) -> str:
+    lines = ["| construct | finding | reason |", "| --- | --- | --- |"]
+    lines += [f"| `{path}` | `{rule}` | {reason} |" for path, rule, reason in ack_rows(stack, sources)]
+    return "\n".join(lines) + "\n"

@@ -32,3 +32,16 @@ def test_nag_is_on_by_default_and_off_in_these_tests(harvester_app):
 
     assert HarvesterConfig().nag is True
     assert harvester_app.stack.config.nag is False
+
+
+def test_stacks_readme_lists_every_acknowledgment(harvester_app):
+    from stacks import nag
+    from stacks.bundling import ROOT
+
+    text = (ROOT / "stacks" / "README.md").read_text()
+    begin, end = "<!-- nag-acknowledgments:begin -->", "<!-- nag-acknowledgments:end -->"
+    documented = text[text.index(begin) + len(begin) : text.index(end)].strip() + "\n"
+    stack = harvester_app.stack
+    assert documented == nag.ack_table(stack, [s.name for s in stack.sources]), (
+        "stacks/README.md is out of date: python3 scripts/nag_acknowledgments.py --write"
+    )
