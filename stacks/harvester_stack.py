@@ -416,6 +416,10 @@ class HarvesterStack(cdk.Stack):
                     f"holds the API key the vendor of source {source.name!r} issues; only the vendor can issue a new "
                     "one, so no rotation Lambda can rotate it: rotate by putting the new key (stacks/README.md)")  # fmt: skip
 
+        if not self.config.accessLogs:
+            ack(self.bucket.node.default_child, "AwsSolutions-S1",
+                "server access logs switched off by the deployer with -c accessLogs=false (on by default); object-level "
+                "activity can still be audited with CloudTrail data events")  # fmt: skip
         if self.schedules:
             ack(self.schedules.dead_letter_queue.node.default_child, "AwsSolutions-SQS3",
                 "this queue is itself the dead-letter queue of the schedules (failed run starts); it is alarmed on, "

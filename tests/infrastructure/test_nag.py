@@ -21,6 +21,12 @@ def test_every_acknowledgment_is_specific(harvester_app):
     assert len(pairs) == len(set(pairs))
 
 
+def test_default_stack_needs_no_access_log_or_encryption_acknowledgment(harvester_app):
+    rules = {a.rule.split("[")[0] for a in harvester_app.stack.nag_acknowledgments}
+    assert not rules & {"AwsSolutions-S1", "AwsSolutions-S10", "AwsSolutions-DDB3", "AwsSolutions-SF1",
+                        "AwsSolutions-SF2", "AwsSolutions-SNS2", "AwsSolutions-SNS3", "AwsSolutions-SQS4"}  # fmt: skip
+
+
 def test_no_data_prefix_wildcard_beyond_runs_and_raw(harvester_app):
     for ack in harvester_app.stack.nag_acknowledgments:
         if "DataBucket" in ack.rule:
