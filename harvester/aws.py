@@ -37,6 +37,32 @@ def table():
     return _local.table
 
 
+def dynamodb():
+    """A DynamoDB *client* (the lake's file index speaks the low-level API)."""
+    if not hasattr(_local, "dynamodb"):
+        _local.dynamodb = boto3.client("dynamodb")
+    return _local.dynamodb
+
+
+def bucket_name() -> str:
+    return setting("HARVESTER_BUCKET")
+
+
+def table_name() -> str:
+    return setting("HARVESTER_TABLE")
+
+
+def int_setting(name: str, default: int) -> int:
+    """An optional integer setting (the stack may leave it unset)."""
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+# The lake's store and file index are built in lambdas/convert.py and lambdas/query.py from the clients above:
+# importing harvester.lake here would put it (and its pyarrow imports) into every bundle, since a bundle carries
+# the whole import closure of its handler.
+
+
 def store() -> Store:
     return Store(s3(), setting("HARVESTER_BUCKET"))
 

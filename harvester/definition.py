@@ -1,6 +1,7 @@
-"""The workflow definition file and the substitutions that turn it into a runnable definition.
+"""The workflow definition files and the substitutions that turn them into runnable definitions.
 
-`statemachines/harvest.asl.json` is the single source of truth. CDK hands it to Step Functions with
+`statemachines/harvest.asl.json` (the harvest, with its convert stage) and `statemachines/query.asl.json` (the
+query workflow over the lake) are the single source of truth. CDK hands it to Step Functions with
 `definition_substitutions`; the local engine applies the very same `${Key}` substitutions textually.
 """
 
@@ -12,14 +13,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITION_PATH = ROOT / "statemachines" / "harvest.asl.json"
+QUERY_DEFINITION_PATH = ROOT / "statemachines" / "query.asl.json"
 
-#: every `${Key}` the definition may contain; CDK must supply exactly these
+#: every `${Key}` the harvest definition may contain; CDK must supply exactly these
 SUBSTITUTION_KEYS = (
     "PlanFunctionArn",
     "FetchFunctionArn",
     "AdvanceFunctionArn",
     "BucketName",
     "LedgerTableName",
+)
+
+#: every `${Key}` the query definition may contain; CDK must supply exactly these to the query state machine
+QUERY_SUBSTITUTION_KEYS = (
+    "QueryFunctionArn",
+    "BucketName",
 )
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")

@@ -98,6 +98,16 @@ class Ledger:
             ExpressionAttributeValues={":counts": counts, ":totals": totals},
         )
 
+    def record_lake(self, source: str, run_id: str, lake: dict[str, Any]) -> None:
+        """The convert stage's counts on the run item: `lake = {"levels": {level: {files, rows, bytes, partitions,
+        bad_values}}, "groups": n, "converted_at": iso}` (replaced by each attempt: it counts the whole run)."""
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET lake = :lake",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":lake": _dynamo(lake)},
+        )
+
     def record_attempt_calls(self, source: str, run_id: str, attempt: int, calls: int) -> None:
         self.table.update_item(
             Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},

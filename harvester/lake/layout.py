@@ -4,10 +4,12 @@
 | --- | --- |
 | `raw/{source}/{run_id}/{level}/{batch_id}-{part:03d}.jsonl.gz` | harvested records (input, written by the harvest) |
 | `runs/{source}/{run_id}/convert/plan.json` | conversion plan: groups of raw objects (the Map items) |
+| `runs/{source}/{run_id}/convert/compaction.json` | compaction plan: one item per (level, partition) (the Map items) |
 | `runs/{source}/{run_id}/staging/{level}/{partition}/{group_id}.parquet` | one converted group's rows of one partition |
 | `runs/{source}/{run_id}/convert/reports/{level}/{group_id}.json` | bad values of one group (every one, up to a limit) |
 | `processed/{source}/{level}/{partition}/{run_id}-{n:04d}.parquet` | committed files, a few per partition per run |
 | `results/{query_id}.json`, `results/{query_id}.csv` | query results |
+| `queries/{query_id}/tasks.json` | a query's worker tasks (the Map items of the query workflow) |
 | `queries/{query_id}/partials/{task:05d}.json` | a query worker's partial aggregates (when not returned inline) |
 """
 
@@ -24,6 +26,14 @@ def raw_prefix(source: str, run_id: str, level: str | None = None) -> str:
 
 def convert_plan_key(source: str, run_id: str) -> str:
     return f"runs/{source}/{run_id}/convert/plan.json"
+
+
+def compaction_plan_key(source: str, run_id: str) -> str:
+    return f"runs/{source}/{run_id}/convert/compaction.json"
+
+
+def reports_prefix(source: str, run_id: str) -> str:
+    return f"runs/{source}/{run_id}/convert/reports/"
 
 
 def staging_prefix(source: str, run_id: str, level: str | None = None) -> str:
@@ -48,6 +58,14 @@ def processed_key(source: str, level: str, partition: str, run_id: str, n: int) 
 
 def result_keys(query_id: str) -> tuple[str, str]:
     return f"results/{query_id}.json", f"results/{query_id}.csv"
+
+
+def query_prefix(query_id: str) -> str:
+    return f"queries/{query_id}/"
+
+
+def query_tasks_key(query_id: str) -> str:
+    return f"queries/{query_id}/tasks.json"
 
 
 def partial_key(query_id: str, task: int) -> str:

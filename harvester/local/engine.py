@@ -1,6 +1,7 @@
-"""The local engine: the very same workflow definition, run by moto's Step Functions executor.
+"""The local engine: the very same workflow definitions, run by moto's Step Functions executor.
 
-- the definition is `statemachines/harvest.asl.json` after the substitutions CDK makes (same keys);
+- the definitions are `statemachines/harvest.asl.json` and `statemachines/query.asl.json` after the
+  substitutions CDK makes (same keys);
 - Lambda tasks are dispatched in-process to the real handlers in `lambdas/`;
 - S3, DynamoDB (and Secrets Manager) are moto's, in memory; `LocalState` mirrors them to a folder after every
   command and loads them back before the next, so a failed or interrupted run can be resumed later.
@@ -36,12 +37,15 @@ ACCOUNT = "123456789012"
 BUCKET = "harvester-local"
 TABLE = "harvester-ledger"
 STATE_MACHINE = "harvester-harvest"
+QUERY_STATE_MACHINE = "harvester-query"
 
-#: function name -> (handler "module:function", timeout seconds); the stack deploys the same three
+#: function name -> (handler "module:function", timeout seconds); the stack deploys the same functions
 FUNCTIONS = {
     "plan": ("lambdas.plan:handler", 300),
     "fetch": ("lambdas.fetch:handler", 900),
     "advance": ("lambdas.advance:handler", 600),
+    "convert": ("lambdas.convert:handler", 900),  # the convert stage (pyarrow): every step, by the Payload's "step"
+    "query": ("lambdas.query:handler", 900),  # the query workflow (pyarrow): plan, partial, reduce
 }
 
 
@@ -55,6 +59,8 @@ def substitutions() -> dict[str, str]:
         "PlanFunctionArn": function_arn("plan"),
         "FetchFunctionArn": function_arn("fetch"),
         "AdvanceFunctionArn": function_arn("advance"),
+        "ConvertFunctionArn": function_arn("convert"),
+        "QueryFunctionArn": function_arn("query"),
         "BucketName": BUCKET,
         "LedgerTableName": TABLE,
     }
@@ -184,6 +190,9 @@ class LocalEngine:
             "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_TRACE_DISABLED": "true",
+            # Map children run on moto's threads in this one process: two at a time use both cores of a laptop
+            "HARVESTER_LAKE_CONCURRENCY": "2",
+            "HARVESTER_QUERY_CONCURRENCY": "2",
         }
         if self.quiet:
             env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
@@ -209,6 +218,12 @@ class LocalEngine:
         self.state_machine_arn = self.sfn.create_state_machine(
             name=STATE_MACHINE,
             definition=rendered_definition(),
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
+            type="STANDARD",
+        )["stateMachineArn"]
+        self.query_state_machine_arn = self.sfn.create_state_machine(
+            name=QUERY_STATE_MACHINE,
+            definition=rendered_definition(definition.QUERY_DEFINITION_PATH),
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
             type="STANDARD",
         )["stateMachineArn"]
@@ -261,6 +276,19 @@ class LocalEngine:
 
     def run(self, execution_input: dict[str, Any], **wait_kwargs) -> dict[str, Any]:
         return self.wait(self.start(execution_input), **wait_kwargs)
+
+    def query(self, query: dict[str, Any], *, timeout: float = 600) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Run the query workflow; returns (execution description, the result read from results/{query_id}.json,
+        or None when the execution did not succeed)."""
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.query_state_machine_arn, name=uuid.uuid4().hex, input=json.dumps(query)
+        )["executionArn"]
+        desc = self.wait(arn, timeout=timeout)
+        if desc["status"] != "SUCCEEDED":
+            return desc, None
+        summary = json.loads(desc["output"])
+        body = self.s3.get_object(Bucket=BUCKET, Key=summary["json_key"])["Body"].read()
+        return desc, json.loads(body)
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
         events, kwargs = [], {}
