@@ -95,7 +95,7 @@ class Ledger:
             UpdateExpression="SET #levels.#name = :counts, totals = :totals",
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#levels": "levels", "#name": level_name},
-            ExpressionAttributeValues={":counts": counts, ":totals": totals},
+            ExpressionAttributeValues={":counts": _dynamo(counts), ":totals": _dynamo(totals)},  # floats: token waits
         )
 
     def record_lake(self, source: str, run_id: str, lake: dict[str, Any]) -> None:
