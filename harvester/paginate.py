@@ -122,7 +122,7 @@ def next_request(
                     raise IncompleteListError(
                         f"{request.url}: empty page {request.number + 1} after {fetched_so_far} of {total} records"
                     )
-            elif n_records < size:
+            elif n_records == 0 or (n_records < size and pagination.stop_on == "short_page"):
                 return None
             p = dict(request.params)
             if isinstance(pagination, s.PageNumberPagination):

@@ -19,7 +19,8 @@ from harvester.ledger import Ledger, batch_sk, expires_at, run_pk
 from harvester.spec import SourceSpec, SpecError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
-COUNTERS = ("calls", "records", "pages", "throttled", "retries", "failures", "failed_batches")
+COUNTERS = ("calls", "records", "pages", "throttled", "retries", "failures", "failed_batches", "token_wait_seconds",
+            "limiter_writes")
 
 
 class InputError(ValueError):
@@ -178,6 +179,9 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
         "retries": sum(b.get("retries", 0) for b in batches),
         "failures": sum(b.get("failures", 0) for b in batches),
         "failed_batches": missing + sum(1 for b in batches if b.get("status") != "SUCCEEDED"),
+        # the shared limiter: time workers waited for a token, and its DynamoDB writes
+        "token_wait_seconds": round(sum(b.get("token_wait_seconds", 0) for b in batches), 3),
+        "limiter_writes": sum(b.get("limiter_writes", 0) for b in batches),
     }
     attempt_calls = sum((b.get("calls_by_attempt") or {}).get(attempt, 0) for b in batches)
     totals = {c: state["totals"].get(c, 0) + counts.get(c, 0) for c in COUNTERS}

@@ -43,6 +43,15 @@ class PageNumberPagination(_Model):
     size: int = Field(100, gt=0)
     start: int = Field(1, ge=0)
     total_path: str | None = None
+    # without a total: `short_page` ends a list on a page shorter than `size` (one call fewer per list);
+    # `empty_page` only on an empty page (safe when the vendor may cap the page size below `size`)
+    stop_on: Literal["short_page", "empty_page"] = "short_page"
+
+    @model_validator(mode="after")
+    def _distinct_params(self) -> "PageNumberPagination":
+        if self.size_param and self.size_param == self.page_param:
+            raise ValueError(f"page_param and size_param are both {self.page_param!r}")
+        return self
 
 
 class OffsetPagination(_Model):
@@ -53,6 +62,13 @@ class OffsetPagination(_Model):
     limit_param: str = "limit"
     limit: int = Field(100, gt=0)
     total_path: str | None = None
+    stop_on: Literal["short_page", "empty_page"] = "short_page"  # as for page_number
+
+    @model_validator(mode="after")
+    def _distinct_params(self) -> "OffsetPagination":
+        if self.offset_param == self.limit_param:
+            raise ValueError(f"offset_param and limit_param are both {self.offset_param!r}")
+        return self
 
 
 class CursorPagination(_Model):

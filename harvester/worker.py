@@ -138,7 +138,9 @@ async def harvest_batch(
     timeout = httpx.Timeout(spec.timeouts.read, connect=spec.timeouts.connect)
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport) as http:
+    async with httpx.AsyncClient(
+        timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True
+    ) as http:
         fetcher = Fetcher(spec, http, limiter, secret, deadline - 1.0)
         queue: asyncio.Queue = asyncio.Queue()
         for p in todo:
@@ -222,6 +224,9 @@ async def harvest_batch(
     ck["throttled"] += stats.throttled
     ck["retries"] += stats.retries
     ck["invocations"] += 1
+    limiter_stats = limiter.stats()
+    ck["token_wait_seconds"] = round(ck.get("token_wait_seconds", 0.0) + float(limiter_stats.get("wait_seconds", 0.0)), 3)
+    ck["limiter_writes"] = ck.get("limiter_writes", 0) + int(limiter_stats.get("lease_writes", 0))
     ck["calls_by_attempt"][str(attempt)] = ck["calls_by_attempt"].get(str(attempt), 0) + stats.calls
     store.put_json(ck_key, ck)
 
@@ -243,6 +248,9 @@ async def harvest_batch(
         "invocations": ck["invocations"],
         "last_attempt": attempt,
         "failures": len(current_failures),
+        "token_wait_seconds": ck["token_wait_seconds"],
+        "limiter_writes": ck["limiter_writes"],
+        "current_rate": limiter_stats.get("current_rate"),
         "seconds": round(time.monotonic() - started, 3),
     }
     ledger.put_failures(source, run_id, level_index, batch_id, current_failures, ttl)

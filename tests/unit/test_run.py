@@ -306,7 +306,8 @@ def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor
     harvest_level(state, spec, aws)
     state = advance_level(state, spec=spec, store=store, ledger=ledger)
     assert state["last_level"] == {"parents": 1, "batches": 1, "calls": 2, "records": 3, "pages": 2, "throttled": 0,
-                                   "retries": 0, "failures": 0, "failed_batches": 0}
+                                   "retries": 0, "failures": 0, "failed_batches": 0,
+                                   "token_wait_seconds": 0, "limiter_writes": 0}
     level = state["level"]
     assert level["index"] == 1 and level["name"] == "warriors" and level["done"] is False
     assert level["manifest_key"] == "runs/mini/r1/manifests/1.json"
