@@ -4,6 +4,9 @@
     harvest run --local SPEC.yaml         the same workflow as on AWS, on moto, output in ./harvest-state
     harvest resume RUN_ID --local         fetch only what an earlier run is missing
     harvest runs SOURCE                   the ledger: runs of a source; `harvest runs SOURCE RUN_ID` one run
+    harvest query --local --source demo --level points --start 2026-01-01 --end 2026-01-02 \
+        --group-by warriors.firmware --agg count --agg "share:status=up as uptime"
+                                          the query workflow over the Parquet lake; prints the result table
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -129,6 +133,164 @@ def cmd_runs(args) -> int:
     return 0
 
 
+# --- query ----------------------------------------------------------------------------------------------------
+_FILTER = re.compile(r"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<val>.*?)\s*$")
+_FILTER_WORD = re.compile(r"^\s*(?P<col>[A-Za-z_][\w.]*)\s+(?P<op>in|not_in|is_null|not_null)\b\s*(?P<val>.*?)\s*$")
+
+
+def _value(text: str) -> Any:
+    """A filter or `share` value: JSON when it parses as a number, true/false or null, else the text itself
+    (so 1.3.1, up and 007 stay text; 5 and 2.5 are numbers; quote with "..." to force text)."""
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return text
+    return v if isinstance(v, (int, float, bool, str)) or v is None else text
+
+
+def parse_agg(text: str) -> dict[str, Any]:
+    """`OP[:COLUMN[=VALUE]][ as NAME]`: count, count:value, sum:value, mean:value, min:ts, max:ts, share:status=up."""
+    body, _, name = text.partition(" as ")
+    op, _, rest = body.strip().partition(":")
+    agg: dict[str, Any] = {"op": op.strip()}
+    if rest:
+        column, eq, value = rest.partition("=")
+        agg["column"] = column.strip()
+        if eq:
+            agg["equals"] = _value(value.strip())
+    if name.strip():
+        agg["as"] = name.strip()
+    return agg
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """`COL=VALUE`, `COL!=VALUE`, `COL<VALUE` (<=, >, >=), `COL in A,B`, `COL not_in A,B`, `COL is_null`, `COL not_null`."""
+    m = _FILTER_WORD.match(text)
+    if m:
+        op = m["op"]
+        if op in ("in", "not_in"):
+            return {"column": m["col"], "op": op, "value": [_value(v.strip()) for v in m["val"].split(",") if v.strip()]}
+        return {"column": m["col"], "op": op}
+    m = _FILTER.match(text)
+    if not m:
+        raise SpecError(f"--filter {text!r}: expected COLUMN OP VALUE (ops = != < <= > >=, in, not_in, is_null, not_null)")
+    return {"column": m["col"], "op": m["op"], "value": _value(m["val"])}
+
+
+def resolve_columns(bucket_dir: Path, query: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Local convenience: a bare column the queried level does not have but exactly one ancestor level has becomes
+    LEVEL.COLUMN (`firmware` -> `warriors.firmware` for points). Reads the Parquet footers in the state folder
+    (every file: a column may exist in some runs only). Returns (a note per rewrite, problems with columns)."""
+    import pyarrow.parquet as pq
+
+    from harvester.lake import layout
+    from harvester.lake.schema import SEP
+
+    def columns(level: str) -> set[str]:
+        files = sorted((bucket_dir / layout.processed_prefix(query["source"], level)).glob("*/*.parquet"))
+        return {name for f in files for name in pq.read_schema(f).names}
+
+    if not query.get("source") or not query.get("level"):
+        return [], []
+    own = columns(query["level"])
+    if not own:
+        return [], []
+    ancestors = {c.removeprefix("_lineage" + SEP): set() for c in own if c.startswith("_lineage" + SEP)}
+    for lv in ancestors:
+        ancestors[lv] = columns(lv)
+    notes: list[str] = []
+    problems: list[str] = []
+
+    def fix(ref: Any) -> Any:
+        if not isinstance(ref, str):
+            return ref
+        level, _, column = ref.rpartition(".")
+        if level:
+            if level in ancestors and column.replace(".", SEP) not in ancestors[level]:
+                problems.append(f"{ref}: level {level} has no column {column!r}")
+            return ref
+        if ref in own:
+            return ref
+        having = [lv for lv, cols in ancestors.items() if ref in cols]
+        if len(having) == 1:
+            notes.append(f"{ref} -> {having[0]}.{ref} (not a column of {query['level']})")
+            return f"{having[0]}.{ref}"
+        problems.append(f"{ref}: not a column of {query['level']}" + (
+            f" (ambiguous: {', '.join(having)} have it; write LEVEL.{ref})" if having else
+            f"; its columns: {', '.join(sorted(c for c in own if not c.startswith('_')))}"))
+        return ref
+
+    query["group_by"] = [fix(g) for g in query.get("group_by") or []]
+    for f in query.get("filters") or []:
+        f["column"] = fix(f.get("column"))
+    for a in query.get("aggregates") or []:
+        if a.get("column") and a["column"].replace(".", SEP) not in own:
+            problems.append(f"aggregate {a.get('op')}:{a['column']}: not a column of {query['level']}")
+    return notes, problems
+
+
+def query_from_args(args) -> dict[str, Any]:
+    query: dict[str, Any] = json.loads(Path(args.query_file).read_text()) if args.query_file else {}
+    for name in ("source", "level", "start", "end"):
+        if getattr(args, name):
+            query[name] = getattr(args, name)
+    if args.group_by:
+        query["group_by"] = [c.strip() for g in args.group_by for c in g.split(",") if c.strip()]
+    if args.filter:
+        query["filters"] = [parse_filter(f) for f in args.filter]
+    if args.agg:
+        query["aggregates"] = [parse_agg(a) for a in args.agg]
+    return query
+
+
+def run_query(state: Path, query: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+    """One execution of the query workflow on the local engine over the state folder's lake."""
+    from harvester.local.engine import LocalEngine
+
+    with LocalEngine(state) as engine:
+        t0 = time.monotonic()
+        desc, result = engine.query(query, timeout=timeout)
+        return desc, result, time.monotonic() - t0
+
+
+def query_lines(result: dict[str, Any], seconds: float, state: Path) -> list[str]:
+    from harvester.lake.query import format_table
+
+    stats = result.get("stats", {})
+    return [
+        *format_table(result).splitlines(),
+        f"{len(result['rows'])} rows; {stats.get('files', 0)} files, {stats.get('rows_scanned', 0)} rows scanned, "
+        f"{stats.get('tasks', 0)} tasks, {seconds:.1f} s (query workflow)",
+        f"result: {state / 'bucket' / 'results' / result['query_id']}.json and .csv",
+    ]
+
+
+def cmd_query(args) -> int:
+    query = query_from_args(args)
+    notes, problems = resolve_columns(args.state / "bucket", query)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    if problems:
+        print("error: " + "\n       ".join(problems), file=sys.stderr)
+        return 2
+    if args.print_query:
+        print(json.dumps(query, indent=1))
+    desc, result, seconds = run_query(args.state, query, timeout=args.timeout)
+    if result is None:
+        cause = desc.get("cause", "")
+        try:
+            cause = json.loads(cause).get("errorMessage", cause)
+        except (ValueError, AttributeError):
+            pass
+        print(f"error: query {desc['status']}: {desc.get('error', '')}: {cause}"[:2000], file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("query_id", "columns", "rows", "stats")}, indent=1, default=str))
+    else:
+        _print(query_lines(result, seconds, args.state))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from harvester.local.demo import run_demo
 
@@ -181,6 +343,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--spec", type=Path, default=PACKAGE_SOURCES / "demo.yaml")
     common(d, timeout=1800.0)
     d.set_defaults(func=cmd_demo, state=Path("harvest-demo"))
+
+    q = sub.add_parser(
+        "query",
+        help="run the query workflow over the Parquet lake and print the result table",
+        description="Aggregates over a level's Parquet files, found through the time index; columns of an ancestor "
+        "level are written LEVEL.COLUMN (warriors.firmware for a point).",
+        epilog="example: harvest query --local --state harvest-demo --source demo --level points "
+        "--start 2026-01-01T00:00:00Z --end 2026-01-02T00:00:00Z --group-by warriors.firmware "
+        "--agg count --agg 'share:status=up as uptime' --filter 'status!=degraded'",
+    )
+    q.add_argument("--local", action="store_true", required=True, help="run on this machine (moto); the only mode so far")
+    q.add_argument("--source", help="source name")
+    q.add_argument("--level", help="level to aggregate (e.g. points)")
+    q.add_argument("--start", help="start of the time range, inclusive (ISO-8601; default: unbounded)")
+    q.add_argument("--end", help="end of the time range, exclusive (ISO-8601; default: unbounded)")
+    q.add_argument("--group-by", action="append", metavar="COLUMN", help="group-by column(s), repeatable or comma-separated")
+    q.add_argument("--agg", action="append", metavar="SPEC",
+                   help="aggregate OP[:COLUMN[=VALUE]][ as NAME]: count, count:value, sum:value, mean:value, min:value, "
+                        "max:value, share:status=up (repeatable; default count)")  # fmt: skip
+    q.add_argument("--filter", action="append", metavar="EXPR",
+                   help="filter COLUMN OP VALUE: = != < <= > >=, 'COL in A,B', 'COL not_in A,B', 'COL is_null', "
+                        "'COL not_null' (repeatable, all must hold)")  # fmt: skip
+    q.add_argument("--query-file", help="a query as JSON (the query workflow's input); the options above override it")
+    q.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    q.add_argument("--print-query", action="store_true", help="print the query sent to the workflow first")
+    common(q, timeout=600.0)
+    q.set_defaults(func=cmd_query)
 
     v = sub.add_parser("vendor", help="run the simulated vendor on its own (see --help of it)", add_help=False)
     v.add_argument("vendor_args", nargs=argparse.REMAINDER)
