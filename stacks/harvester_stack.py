@@ -30,11 +30,16 @@ from stacks.observability import Observability
 from stacks.schedules import SourceSchedules
 from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
 
-try:  # the lead's contract: the one definition file and the placeholders CDK must fill
-    from harvester.definition import DEFINITION_PATH, SUBSTITUTION_KEYS
+try:  # the lead's contract: the definition files and the placeholders CDK must fill
+    from harvester import definition as _definition
 except ImportError:  # pragma: no cover - only before harvester/definition.py exists
-    DEFINITION_PATH = ROOT / "statemachines" / "harvest.asl.json"
-    SUBSTITUTION_KEYS = ("PlanFunctionArn", "FetchFunctionArn", "AdvanceFunctionArn", "BucketName", "LedgerTableName")
+    _definition = None
+DEFINITION_PATH = getattr(_definition, "DEFINITION_PATH", ROOT / "statemachines" / "harvest.asl.json")
+SUBSTITUTION_KEYS = tuple(getattr(_definition, "SUBSTITUTION_KEYS", (
+    "PlanFunctionArn", "FetchFunctionArn", "AdvanceFunctionArn", "BucketName", "LedgerTableName")))  # fmt: skip
+#: the query workflow over the Parquet lake (optional: deployed when the file exists)
+QUERY_DEFINITION_PATH = getattr(_definition, "QUERY_DEFINITION_PATH", ROOT / "statemachines" / "query.asl.json")
+QUERY_SUBSTITUTION_KEYS = tuple(getattr(_definition, "QUERY_SUBSTITUTION_KEYS", ("QueryFunctionArn", "BucketName")))
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
@@ -46,17 +51,70 @@ LIVE = "live"
 
 #: S3 prefixes (docs/architecture.md, "S3 layout")
 RUNS_PREFIX = "runs/"
-RAW_PREFIX = "raw/"
 
 
 @dataclass(frozen=True)
 class FunctionAccess:
-    """What one function may touch: S3 prefixes it reads and writes, the ledger, the source secrets."""
+    """What one function may touch: S3 key prefixes (patterns such as `runs/*/staging/` allowed) it reads, writes
+    and deletes, the ledger table (read and write, or read only), the source secrets."""
 
     s3_read: tuple[str, ...] = ()
     s3_write: tuple[str, ...] = ()
+    s3_delete: tuple[str, ...] = ()
     ledger: bool = True
+    ledger_read_only: bool = False
     secrets: bool = False
+
+    @property
+    def prefixes(self) -> list[str]:
+        return sorted({*self.s3_read, *self.s3_write, *self.s3_delete})
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    handler: str
+    access: FunctionAccess
+    memory_mb: int
+    timeout_s: int
+    requirements: str  # file in lambdas/requirements/
+
+
+#: every function a workflow may call; a workflow's `${NameFunctionArn}` placeholder creates function `name`.
+#: Adding a function is one line here (plus its handler module and requirements file).
+FUNCTION_CATALOG: dict[str, FunctionDef] = {
+    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",)),
+                        memory_mb=512, timeout_s=120, requirements="plan.txt"),
+    "fetch": FunctionDef("lambdas.fetch.handler",
+                         FunctionAccess(s3_read=("runs/",), s3_write=("runs/", "raw/"), secrets=True),
+                         memory_mb=1024, timeout_s=900, requirements="fetch.txt"),
+    "advance": FunctionDef("lambdas.advance.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",)),
+                           memory_mb=512, timeout_s=300, requirements="advance.txt"),
+    # the lake: raw NDJSON -> Parquet under processed/ (staging under runs/), compaction replaces processed files
+    "convert": FunctionDef("lambdas.convert.handler",
+                           FunctionAccess(s3_read=("raw/", "runs/", "processed/"), s3_write=("runs/", "processed/"),
+                                          s3_delete=("runs/*/staging/", "processed/")),
+                           memory_mb=3008, timeout_s=900, requirements="lake.txt"),
+    # queries over the lake: the time index (ledger table, read only), tasks/partials under queries/, results/
+    "query": FunctionDef("lambdas.query.handler",
+                         FunctionAccess(s3_read=("processed/", "queries/"), s3_write=("queries/", "results/"),
+                                        s3_delete=("queries/",), ledger_read_only=True),
+                         memory_mb=1769, timeout_s=900, requirements="lake.txt"),
+}  # fmt: skip
+
+
+@dataclass
+class Workflow:
+    """One deployed state machine with its version, `live` alias and the ARNs its own policy needs."""
+
+    key: str
+    definition_path: Path
+    machine: sfn.StateMachine
+    version: sfn.CfnStateMachineVersion
+    alias: sfn.CfnStateMachineAlias
+    name: str
+    qualified_arn: str
+    executions_arn: str
+    reader_prefix: str
 
 
 class HarvesterStack(cdk.Stack):
@@ -67,9 +125,11 @@ class HarvesterStack(cdk.Stack):
         *,
         config: HarvesterConfig | None = None,
         definition_path: Path | str | None = None,
+        query_definition_path: Path | str | bool | None = None,
         sources_dir: Path | str | None = None,
         **kwargs,
     ) -> None:
+        """`query_definition_path`: None = `statemachines/query.asl.json` if it exists, False = no query workflow."""
         super().__init__(scope, construct_id, **kwargs)
         self.config = config or HarvesterConfig.from_node(self.node)
         self.definition_path = Path(definition_path or DEFINITION_PATH)
@@ -83,16 +143,35 @@ class HarvesterStack(cdk.Stack):
         self.functions: dict[str, lambda_.Function] = {}
         self.function_access: dict[str, FunctionAccess] = {}
         self.aliases: dict[str, lambda_.Alias] = {}
-        # adding a function is one line: name, handler, what it may touch, memory and timeout
-        self.add_function("plan", "lambdas.plan.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
-                          memory_mb=512, timeout_s=120)  # fmt: skip
-        self.add_function("fetch", "lambdas.fetch.handler",
-                          FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX, RAW_PREFIX), secrets=True),
-                          memory_mb=1024, timeout_s=900)  # fmt: skip
-        self.add_function("advance", "lambdas.advance.handler", FunctionAccess(s3_read=(RUNS_PREFIX,), s3_write=(RUNS_PREFIX,)),
-                          memory_mb=512, timeout_s=300)  # fmt: skip
 
-        self.state_machine = self._state_machine()
+        # the workflows: the harvest, and the query over the lake once its definition exists
+        specs = [("harvest", self.definition_path, SUBSTITUTION_KEYS, RUNS_PREFIX)]
+        if query_definition_path is not False:
+            query_path = Path(query_definition_path) if query_definition_path else QUERY_DEFINITION_PATH
+            if query_path and Path(query_path).is_file():
+                specs.append(("query", Path(query_path), QUERY_SUBSTITUTION_KEYS, "queries/"))
+        texts = {key: self.definition_text(path) for key, path, _, _ in specs}
+        # the substitutions: the contract's keys plus any other placeholder the file uses, if CDK can fill it
+        # (a function of FUNCTION_CATALOG, BucketName, LedgerTableName; anything else fails in substitutions())
+        specs = [(key, path, tuple(dict.fromkeys([*keys, *_PLACEHOLDER.findall(texts[key])])), prefix)
+                 for key, path, keys, prefix in specs]  # fmt: skip
+        # the functions the definitions call (`${PlanFunctionArn}` -> plan), created in catalog order
+        needed = {k[: -len("FunctionArn")].lower() for _, _, keys, _ in specs for k in keys if k.endswith("FunctionArn")}
+        unknown = needed - set(FUNCTION_CATALOG)
+        if unknown:
+            raise ValueError(f"the workflow definitions call functions {sorted(unknown)} that FUNCTION_CATALOG "
+                             f"(stacks/harvester_stack.py) lacks: add one line each")
+        for name, fdef in FUNCTION_CATALOG.items():
+            if name in needed:
+                self.add_function(name, fdef.handler, fdef.access, memory_mb=fdef.memory_mb, timeout_s=fdef.timeout_s,
+                                  requirements=REQUIREMENTS_DIR / fdef.requirements)  # fmt: skip
+
+        self.workflows: dict[str, Workflow] = {}
+        for key, path, keys, reader_prefix in specs:
+            self.workflows[key] = self._workflow(key, path, texts[key], keys, reader_prefix)
+        harvest = self.workflows["harvest"]
+        self.state_machine, self.state_machine_version, self.state_machine_alias = (
+            harvest.machine, harvest.version, harvest.alias)  # fmt: skip
         self.schedules: SourceSchedules | None = None
         if self.config.schedules and any(source.schedule for source in self.sources):
             self.schedules = SourceSchedules(self, "Schedules", sources=self.sources,
@@ -251,13 +330,20 @@ class HarvesterStack(cdk.Stack):
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="WriteObjects", actions=["s3:PutObject"],
                 resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_write]))  # fmt: skip
-        prefixes = sorted({*access.s3_read, *access.s3_write})
-        if prefixes:
+        if access.s3_delete:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="DeleteObjects", actions=["s3:DeleteObject"],
+                resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_delete]))  # fmt: skip
+        if access.prefixes:
             # lets a missing key answer 404 (NoSuchKey) instead of 403, and lists only these prefixes
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="ListPrefixes", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}}))  # fmt: skip
-        if access.ledger:
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in access.prefixes]}}))  # fmt: skip
+        if access.ledger_read_only:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                sid="LedgerRead", actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"],
+                resources=[self.table.table_arn, f"{self.table.table_arn}/index/gsi1"]))  # fmt: skip
+        elif access.ledger:
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="Ledger",
                 actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
@@ -277,54 +363,61 @@ class HarvesterStack(cdk.Stack):
     # ------------------------------------------------------------------------------------------------------
     @property
     def state_machine_name(self) -> str:
-        return f"{self.stack_name}-harvest"[:80]
+        return self.machine_name("harvest")
+
+    def machine_name(self, key: str) -> str:
+        return f"{self.stack_name}-{key}"[:80]
 
     def _stack_suffix(self) -> str:
         """The first group of the stack id's UUID: differs between two creations of the same stack."""
         return cdk.Fn.select(0, cdk.Fn.split("-", cdk.Fn.select(2, cdk.Fn.split("/", self.stack_id))))
 
-    def definition_text(self) -> str:
-        text = self.definition_path.read_text(encoding="utf-8")
-        json.loads(text)  # a broken file fails the synth here, with the JSON error
-        unknown = set(_PLACEHOLDER.findall(text)) - set(SUBSTITUTION_KEYS)
-        if unknown:
-            raise ValueError(
-                f"{self.definition_path}: placeholders {sorted(unknown)} have no substitution "
-                f"(CDK supplies {list(SUBSTITUTION_KEYS)})"
-            )
+    @staticmethod
+    def definition_text(path: Path) -> str:
+        text = path.read_text(encoding="utf-8")
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:  # a broken file fails the synth here, naming the file
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
         return text
 
-    def substitutions(self) -> dict[str, str]:
-        values = {
-            "PlanFunctionArn": self.aliases["plan"].function_arn,
-            "FetchFunctionArn": self.aliases["fetch"].function_arn,
-            "AdvanceFunctionArn": self.aliases["advance"].function_arn,
-            "BucketName": self.bucket.bucket_name,
-            "LedgerTableName": self.table.table_name,
-        }
-        missing = set(SUBSTITUTION_KEYS) - set(values)
-        if missing:
-            raise ValueError(f"no value for definition substitutions {sorted(missing)}")
-        return {k: values[k] for k in SUBSTITUTION_KEYS}
+    def substitutions(self, keys: tuple[str, ...]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for key in keys:
+            if key.endswith("FunctionArn"):
+                name = key[: -len("FunctionArn")].lower()
+                if name not in self.aliases:
+                    raise ValueError(f"no function {name!r} for the definition substitution {key}")
+                values[key] = self.aliases[name].function_arn
+            elif key == "BucketName":
+                values[key] = self.bucket.bucket_name
+            elif key == "LedgerTableName":
+                values[key] = self.table.table_name
+            else:
+                raise ValueError(f"no value for the definition placeholder ${{{key}}} (CDK can fill *FunctionArn of "
+                                 f"FUNCTION_CATALOG, BucketName, LedgerTableName)")
+        return values
 
-    def _state_machine(self) -> sfn.StateMachine:
-        name = self.state_machine_name
+    def _workflow(self, key: str, path: Path, text: str, keys: tuple[str, ...], reader_prefix: str) -> Workflow:
+        name = self.machine_name(key)
+        cid = key.capitalize()
         log_group = logs.LogGroup(
             self,
-            "StateMachineLogs",
+            "StateMachineLogs" if key == "harvest" else f"{cid}StateMachineLogs",
             # the /aws/vendedlogs/ prefix keeps CloudWatch Logs' resource policy from growing per log group; the
             # suffix (from the stack's id) keeps a retained log group from blocking a re-created stack
             log_group_name=cdk.Fn.join("", [f"/aws/vendedlogs/states/{name}-", self._stack_suffix()]),
             retention=self.config.log_retention,
             removal_policy=self.removal_policy,
         )
+        substitutions = self.substitutions(keys)
         machine = sfn.StateMachine(
             self,
-            "HarvestStateMachine",
+            f"{cid}StateMachine",
             state_machine_name=name,
             state_machine_type=sfn.StateMachineType.STANDARD,
-            definition_body=sfn.DefinitionBody.from_string(self.definition_text()),
-            definition_substitutions=self.substitutions(),
+            definition_body=sfn.DefinitionBody.from_string(text),
+            definition_substitutions=substitutions,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
             tracing_enabled=True,
             # holds no data; a retained one would block re-creating the stack (its name is fixed)
@@ -332,44 +425,47 @@ class HarvesterStack(cdk.Stack):
         )
 
         # the ARNs of this state machine and its executions, built from the fixed name (no circular dependency)
-        machine_arn = self.format_arn(service="states", resource="stateMachine", resource_name=name,
-                                      arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
-        self._qualified_arn = self.format_arn(service="states", resource="stateMachine", resource_name=f"{name}:*",
-                                              arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
-        executions_arn = self._executions_arn = self.format_arn(service="states", resource="execution", resource_name=f"{name}:*",
-                                         arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+        def arn(resource: str, resource_name: str) -> str:
+            return self.format_arn(service="states", resource=resource, resource_name=resource_name,
+                                   arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
+
+        qualified_arn, executions_arn = arn("stateMachine", f"{name}:*"), arn("execution", f"{name}:*")
+        called = [self.aliases[k[: -len("FunctionArn")].lower()] for k in keys if k.endswith("FunctionArn")]
         statements = [
             iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
-                                resources=[alias.function_arn for alias in self.aliases.values()]),
-            # Distributed Map: ItemReader reads the level manifests under runs/
+                                resources=[alias.function_arn for alias in called]),
+            # Distributed Map: ItemReader reads the items (manifests, plans, tasks) the previous state wrote
             iam.PolicyStatement(sid="ReadManifests", actions=["s3:GetObject"],
-                                resources=[self.bucket.arn_for_objects(f"{RUNS_PREFIX}*")]),
+                                resources=[self.bucket.arn_for_objects(f"{reader_prefix}*")]),
             # Distributed Map: child workflow executions of this very state machine
             # (an execution started through a version or alias starts its children on that qualified ARN)
             iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"],
-                                resources=[machine_arn, self._qualified_arn]),
+                                resources=[arn("stateMachine", name), qualified_arn]),
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
-            # run start/finish and batch failures are written by the workflow itself (direct integration)
-            iam.PolicyStatement(sid="LedgerWrites", actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"],
-                                resources=[self.table.table_arn]),
         ]  # fmt: skip
+        if "LedgerTableName" in keys:
+            # run start/finish and batch failures are written by the workflow itself (direct integration)
+            statements.append(iam.PolicyStatement(
+                sid="LedgerWrites", actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"],
+                resources=[self.table.table_arn]))  # fmt: skip
         for statement in statements:
             machine.add_to_role_policy(statement)
 
         # a version per deploy that changes the workflow (kept on replacement, so there is one to roll back to)
         # and the `live` alias that schedules and people start runs with
-        self.state_machine_version = sfn.CfnStateMachineVersion(
-            self, "HarvestStateMachineVersion", state_machine_arn=machine.state_machine_arn,
+        version = sfn.CfnStateMachineVersion(
+            self, f"{cid}StateMachineVersion", state_machine_arn=machine.state_machine_arn,
             state_machine_revision_id=machine.state_machine_revision_id,
             description="published by cdk deploy")  # fmt: skip
-        self.state_machine_version.apply_removal_policy(cdk.RemovalPolicy.RETAIN)
-        self.state_machine_alias = sfn.CfnStateMachineAlias(
-            self, "HarvestStateMachineLiveAlias", name=LIVE,
-            description="the workflow version that schedules and people start",
+        version.apply_removal_policy(cdk.RemovalPolicy.RETAIN)
+        alias = sfn.CfnStateMachineAlias(
+            self, f"{cid}StateMachineLiveAlias", name=LIVE,
+            description=f"the {key} workflow version that schedules and people start",
             routing_configuration=[sfn.CfnStateMachineAlias.RoutingConfigurationVersionProperty(
-                state_machine_version_arn=self.state_machine_version.attr_arn, weight=100)])  # fmt: skip
-        return machine
+                state_machine_version_arn=version.attr_arn, weight=100)])  # fmt: skip
+        return Workflow(key=key, definition_path=path, machine=machine, version=version, alias=alias, name=name,
+                        qualified_arn=qualified_arn, executions_arn=executions_arn, reader_prefix=reader_prefix)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------
     # cdk-nag: what is accepted, where, and why (listed in the README by scripts/nag_acknowledgments.py)
@@ -381,33 +477,40 @@ class HarvesterStack(cdk.Stack):
         def objects(prefix: str) -> str:
             return nag.finding_resource(self, self.bucket.arn_for_objects(f"{prefix}*"))
 
-        prefix_reason = (
-            "keys under {p} are created per run ({p}{{source}}/{{run_id}}/...) so they cannot be listed in advance; "
-            "the grant is one prefix of one bucket and only the object actions this role needs"
-        )
+        prefix_reasons = {
+            "runs/": "run state under runs/{source}/{run_id}/ (spec, manifests, checkpoints, convert plans) is keyed per run",
+            "raw/": "records under raw/{source}/{run_id}/{level}/ are keyed per run and batch",
+            "runs/*/staging/": "Parquet staging files under runs/{source}/{run_id}/staging/ are removed once compacted",
+            "processed/": "Parquet files under processed/{source}/{level}/{partition}/ are keyed per partition and run "
+                          "(compaction replaces them)",
+            "queries/": "query tasks and partial aggregates under queries/{query_id}/ are keyed per query",
+            "results/": "query results are written as results/{query_id}.json and .csv",
+        }  # fmt: skip
+        suffix = ", so the keys cannot be listed in advance; the grant is this prefix of the one data bucket, with only the object actions this role needs"
         xray_reason = "X-Ray PutTraceSegments/PutTelemetryRecords do not support resource-level permissions (Tracing.ACTIVE)"
         for name, fn in self.functions.items():
             policy = fn.role.node.find_child("DefaultPolicy").node.default_child
             ack(policy, "AwsSolutions-IAM5[Resource::*]", xray_reason)
-            for prefix in sorted({*self.function_access[name].s3_read, *self.function_access[name].s3_write}):
-                ack(policy, f"AwsSolutions-IAM5[Resource::{objects(prefix)}]", prefix_reason.format(p=prefix))
+            for prefix in self.function_access[name].prefixes:
+                ack(policy, f"AwsSolutions-IAM5[Resource::{objects(prefix)}]", prefix_reasons[prefix] + suffix)
             ack(fn.node.default_child, "AwsSolutions-L1",
                 "python3.12 is pinned on purpose: stacks/bundling.py installs cp312 wheels for it; a newer runtime is a "
                 "deliberate change of RUNTIME and PYTHON_VERSION together, checked by the packaging test")  # fmt: skip
 
-        sm_policy = self.state_machine.role.node.find_child("DefaultPolicy").node.default_child
-        ack(sm_policy, "AwsSolutions-IAM5[Resource::*]",
-            "CloudWatch Logs log-delivery actions (CreateLogDelivery, PutResourcePolicy, ...) and X-Ray do not support "
-            "resource-level permissions; CDK adds them for the state machine's logging and tracing")  # fmt: skip
-        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(RUNS_PREFIX)}]",
-            "the Distributed Map's ItemReader reads one manifest per level under runs/{source}/{run_id}/manifests/, "
-            "keys created per run; GetObject only")  # fmt: skip
-        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, self._qualified_arn)}]",
-            "an execution started through the live alias or a version starts its Distributed Map children on that "
-            "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip
-        ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, self._executions_arn)}]",
-            "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is limited to "
-            "the executions of this one state machine")  # fmt: skip
+        for workflow in self.workflows.values():
+            sm_policy = workflow.machine.role.node.find_child("DefaultPolicy").node.default_child
+            ack(sm_policy, "AwsSolutions-IAM5[Resource::*]",
+                "CloudWatch Logs log-delivery actions (CreateLogDelivery, PutResourcePolicy, ...) and X-Ray do not "
+                "support resource-level permissions; CDK adds them for the state machine's logging and tracing")  # fmt: skip
+            ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(workflow.reader_prefix)}]",
+                f"the Distributed Map's ItemReader reads the items a previous state wrote under {workflow.reader_prefix} "
+                "(keys created per run or query); GetObject only")  # fmt: skip
+            ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.qualified_arn)}]",
+                "an execution started through the live alias or a version starts its Distributed Map children on that "
+                "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip
+            ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.executions_arn)}]",
+                "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is "
+                "limited to the executions of this one state machine")  # fmt: skip
 
         for source in self.sources:
             secret = self.secrets[source.name]
@@ -431,6 +534,9 @@ class HarvesterStack(cdk.Stack):
                       description="The workflow (latest revision); the console shows its runs here")  # fmt: skip
         cdk.CfnOutput(self, "StateMachineAliasArn", value=self.state_machine_alias.ref,
                       description="Start runs here (the live alias; schedules use it too)")  # fmt: skip
+        if "query" in self.workflows:
+            cdk.CfnOutput(self, "QueryStateMachineAliasArn", value=self.workflows["query"].alias.ref,
+                          description="Start queries over the Parquet lake here (results under results/)")  # fmt: skip
         cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name,
                       description="raw/{source}/{run_id}/... records, runs/... run state")  # fmt: skip
         cdk.CfnOutput(self, "LedgerTableName", value=self.table.table_name, description="DynamoDB run ledger")

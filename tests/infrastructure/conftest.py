@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import HarvesterApp, make_app, render_definition, resource
+from .helpers import HarvesterApp, make_app, render_definition
 
 
 def pytest_configure(config):
@@ -18,6 +18,5 @@ def harvester_app() -> HarvesterApp:
     app, stack = make_app()
     template = Template.from_stack(stack)
     cfn = template.to_json()
-    machines = resource(cfn, "AWS::StepFunctions::StateMachine")
-    assert len(machines) == 1
-    return HarvesterApp(app=app, stack=stack, template=template, cfn=cfn, definition=render_definition(machines[0][1]))
+    harvest = cfn["Resources"][stack.get_logical_id(stack.state_machine.node.default_child)]
+    return HarvesterApp(app=app, stack=stack, template=template, cfn=cfn, definition=render_definition(harvest))

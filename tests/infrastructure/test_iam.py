@@ -45,11 +45,36 @@ def test_no_star_resource_on_data_actions(harvester_app):
     assert not offenders, offenders
 
 
-def test_no_action_wildcards_and_no_deletes(harvester_app):
+def test_no_action_wildcards_and_deletes_only_where_declared(harvester_app):
+    stack = harvester_app.stack
+    deleters = {stack.get_logical_id(fn.role.node.find_child("DefaultPolicy").node.default_child): name
+                for name, fn in stack.functions.items() if stack.function_access[name].s3_delete}  # fmt: skip
     for logical_id, s in statements(harvester_app.cfn):
         for a in _as_list(s.get("Action", [])):
             assert "*" not in a or a.startswith(("xray:", "logs:")), (logical_id, a)
-            assert not a.startswith(("s3:Delete", "dynamodb:Delete", "dynamodb:DeleteTable")), (logical_id, a)
+            assert not a.startswith(("dynamodb:Delete", "s3:DeleteBucket")), (logical_id, a)
+            if a.startswith("s3:Delete"):
+                assert a == "s3:DeleteObject" and logical_id in deleters, (logical_id, a)
+                allowed = [f"/{p}*" for p in stack.function_access[deleters[logical_id]].s3_delete]
+                for r in _as_list(s["Resource"]):
+                    assert any(json.dumps(r).endswith(f'{x}"]]}}') for x in allowed), (logical_id, r)
+    for name in ("plan", "fetch", "advance"):
+        assert not stack.function_access[name].s3_delete, name
+
+
+def test_lake_function_grants(harvester_app):
+    stack = harvester_app.stack
+    if "convert" in stack.functions:
+        convert = policy_of(harvester_app, stack.functions["convert"])
+        deletes = json.dumps([s["Resource"] for s in convert if "s3:DeleteObject" in _as_list(s["Action"])])
+        assert "/runs/*/staging/*" in deletes and "/processed/*" in deletes and "/raw/*" not in deletes
+        assert not any(a.startswith("secretsmanager:") for a in actions(convert))
+    if "query" in stack.functions:
+        query = policy_of(harvester_app, stack.functions["query"])
+        assert {a for a in actions(query) if a.startswith("dynamodb:")} <= {"dynamodb:GetItem", "dynamodb:Query",
+                                                                             "dynamodb:BatchGetItem"}  # fmt: skip
+        writes = json.dumps([s["Resource"] for s in query if "s3:PutObject" in _as_list(s["Action"])])
+        assert "/results/*" in writes and "/raw/*" not in writes and "/processed/*" not in writes
 
 
 def test_function_grants(harvester_app):
@@ -86,9 +111,12 @@ def test_state_machine_grants_for_a_distributed_map(harvester_app):
     stmts = policy_of(harvester_app, stack.state_machine)
     by_sid = {s.get("Sid"): s for s in stmts}
     invoke = by_sid["InvokeFunctions"]["Resource"]
-    # only the live aliases: neither $LATEST nor any other version
+    # only the live aliases of the functions the definition calls: neither $LATEST nor any other version
+    machine = harvester_app.cfn["Resources"][stack.get_logical_id(stack.state_machine.node.default_child)]
+    keys = machine["Properties"]["DefinitionSubstitutions"]
+    called = [k[: -len("FunctionArn")].lower() for k in keys if k.endswith("FunctionArn")]
     assert sorted(invoke, key=json.dumps) == sorted(
-        ({"Ref": stack.get_logical_id(a.node.default_child)} for a in stack.aliases.values()), key=json.dumps)
+        ({"Ref": stack.get_logical_id(stack.aliases[n].node.default_child)} for n in called), key=json.dumps)
     assert by_sid["ReadManifests"]["Action"] == "s3:GetObject"
     assert "/runs/*" in json.dumps(by_sid["ReadManifests"]["Resource"])
     name = stack.state_machine_name

@@ -45,7 +45,7 @@ def test_one_schedule_per_scheduled_source(scheduled):
 
 def test_schedules_start_the_live_alias_with_a_dead_letter_queue(scheduled):
     stack, cfn = scheduled
-    [(alias_id, _)] = resource(cfn, "AWS::StepFunctions::StateMachineAlias")
+    alias_id = stack.resolve(stack.state_machine_alias.logical_id)
     [(queue_id, queue)] = resource(cfn, "AWS::SQS::Queue")
     assert queue["Properties"]["SqsManagedSseEnabled"] is True
     for _, schedule in resource(cfn, "AWS::Scheduler::Schedule"):

@@ -70,7 +70,7 @@ def test_context_flags_for_a_throwaway_stack():
     assert bucket["DeletionPolicy"] == "Delete"
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert {g["Properties"]["RetentionInDays"] for _, g in resource(cfn, "AWS::Logs::LogGroup")} == {7}
-    [(_, sm)] = resource(cfn, "AWS::StepFunctions::StateMachine")
+    sm = cfn["Resources"][stack.get_logical_id(stack.state_machine.node.default_child)]
     assert sm["Properties"]["StateMachineName"] == "HarvesterDev-harvest"
     assert "HarvesterDev-harvest" in json.dumps(cfn["Resources"])
     # no access logs is the deployer's explicit choice: the one finding it causes is acknowledged on the bucket
