@@ -27,7 +27,14 @@ from harvester.template import TemplateError, render
 
 
 class OutOfTime(Exception):
-    """The worker's time budget ends before this call could be made or retried."""
+    """The worker's time budget ends before this call could be made or retried.
+
+    Raised out of `fetch_list` it carries what that parent's list got so far (`records`) and the request of the
+    first page not fetched (`next_request`), so the next invocation continues the list instead of restarting it.
+    """
+
+    records: list[Any] = []
+    next_request: "paginate.PageRequest | None" = None
 
 
 class CallFailed(Exception):
@@ -142,13 +149,25 @@ class Fetcher:
         url = path if path.startswith(("http://", "https://")) else self.spec.base_url + "/" + path.lstrip("/")
         return paginate.first_request(level.pagination, url, params)
 
-    async def fetch_list(self, level: Level, context: dict[str, dict[str, Any]]) -> list[Any]:
-        """Every record of one parent's list for `level`, all pages, in order."""
-        request: paginate.PageRequest | None = self.first_url(level, context)
+    async def fetch_list(
+        self,
+        level: Level,
+        context: dict[str, dict[str, Any]],
+        start: paginate.PageRequest | None = None,
+        fetched_before: int = 0,
+    ) -> list[Any]:
+        """Every record of one parent's list for `level`, all pages, in order; from `start` when continuing a
+        list an earlier invocation did not finish (`fetched_before` records of it were already stored)."""
+        request: paginate.PageRequest | None = start or self.first_url(level, context)
         records: list[Any] = []
         while request is not None:
-            page, request = await self._page(level, request, len(records))
+            try:
+                page, nxt = await self._page(level, request, fetched_before + len(records))
+            except OutOfTime as exc:
+                exc.records, exc.next_request = records, request
+                raise
             records.extend(page)
+            request = nxt
         return records
 
     async def _page(self, level: Level, request: paginate.PageRequest, before: int):
@@ -169,7 +188,7 @@ class Fetcher:
                             _shown_url(request, hide=tuple(self.auth_params)), exc.status, f"gave up after {attempt} attempts: {exc.reason}", exc.excerpt, attempt
                         ) from None
                     wait = max(exc.retry_after or 0.0, self._backoff(attempt))
-                if wait > self.time_left() - 1.0:
+                if wait > self.time_left():
                     raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: no time left to retry ({exc.reason})") from None
                 self.stats.retries += 1
                 await self.sleep(wait)
@@ -179,7 +198,7 @@ class Fetcher:
         return self.rng.uniform(0, min(r.max_delay, r.base_delay * (2 ** (attempt - 1))))
 
     async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
-        if self.time_left() < 1.0:
+        if self.time_left() <= 0:
             raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
         await self.limiter.acquire()
         self.stats.calls += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from harvester import storage
+from harvester import paginate, storage
 from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime
 from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
@@ -118,6 +118,7 @@ async def harvest_batch(
         "throttled": 0, "retries": 0, "invocations": 0,
     }
     ck.setdefault("failed", {})
+    ck.setdefault("partial", {})  # parent -> {"next": page request, "fetched": records stored so far}
     done = set(ck["done"])
     # a parent that failed permanently in this attempt is not refetched by a continuation; a resume retries it
     failed_now = {k for k, f in ck["failed"].items() if f.get("attempt") == attempt}
@@ -131,6 +132,7 @@ async def harvest_batch(
     rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
     in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
     fetched: dict[str, list[Any]] = {}
+    partial: dict[str, tuple[list[Any], paginate.PageRequest | None]] = {}  # lists cut by the deadline
     failures: dict[str, dict[str, Any]] = {}
     out_of_time = False
     auth_error: AuthFailed | None = None
@@ -141,7 +143,8 @@ async def harvest_batch(
     async with httpx.AsyncClient(
         timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True
     ) as http:
-        fetcher = Fetcher(spec, http, limiter, secret, deadline - 1.0)
+        # calls may start until shortly before the deadline (a call in flight is bounded by the read timeout)
+        fetcher = Fetcher(spec, http, limiter, secret, deadline - min(1.0, 0.05 * time_budget))
         queue: asyncio.Queue = asyncio.Queue()
         for p in todo:
             queue.put_nowait(p)
@@ -156,10 +159,18 @@ async def harvest_batch(
                     return
                 parent = queue.get_nowait()
                 key = parent_key(parent, spec)
+                resume = ck["partial"].get(key)
                 try:
-                    fetched[key] = await fetcher.fetch_list(level, template_context(parent, spec))
-                except OutOfTime:
+                    fetched[key] = await fetcher.fetch_list(
+                        level,
+                        template_context(parent, spec),
+                        start=paginate.PageRequest(**resume["next"]) if resume else None,
+                        fetched_before=resume["fetched"] if resume else 0,
+                    )
+                except OutOfTime as exc:
                     out_of_time = True
+                    if exc.records or exc.next_request is not None:
+                        partial[key] = (exc.records, exc.next_request)
                 except AuthFailed as exc:
                     auth_error = exc
                     failures[key] = {**exc.as_item(), "parent": key}
@@ -187,7 +198,8 @@ async def harvest_batch(
     records: list[dict[str, Any]] = []
     children: list[dict[str, Any]] = []
     completed: list[str] = []
-    for key, page_records in fetched.items():
+    cut: dict[str, dict[str, Any]] = {}  # parents continued by the next invocation
+    for key, page_records in [*fetched.items(), *((k, recs) for k, (recs, _) in partial.items())]:
         parent = by_key[key]
         try:
             kids = [] if is_leaf else [child_context(spec, level_index, parent, r, level.path) for r in page_records]
@@ -198,10 +210,16 @@ async def harvest_batch(
                 "_fetched_at": fetched_at}
         records.extend({**r, **meta} if isinstance(r, dict) else {"value": r, **meta} for r in page_records)
         children.extend(kids)
-        completed.append(key)
+        before = ck["partial"].get(key, {}).get("fetched", 0)
+        if key in partial:
+            nxt = partial[key][1]
+            cut[key] = {"next": {"url": nxt.url, "params": nxt.params, "number": nxt.number},
+                        "fetched": before + len(page_records)}
+        else:
+            completed.append(key)
 
     part = ck["parts"]
-    if completed:
+    if completed or cut:
         if records:
             store.put_records(storage.raw_key(source, run_id, level.name, batch_id, part), records)
         if children:
@@ -215,6 +233,10 @@ async def harvest_batch(
     ck["done"] = sorted(done | set(completed))
     for key in completed:
         ck["failed"].pop(key, None)
+        ck["partial"].pop(key, None)
+    # a list that failed after an earlier cut keeps its cut: a resume continues it from there, since the pages
+    # before it are already stored (refetching them would write them twice)
+    ck["partial"].update(cut)
     for key, failure in failures.items():
         ck["failed"][key] = {**failure, "attempt": attempt}
     current_failures = [f for f in ck["failed"].values() if f.get("attempt") == attempt]

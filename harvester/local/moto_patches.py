@@ -50,6 +50,13 @@ def install_dynamodb_lock() -> None:
 _SFN = "moto.stepfunctions.parser.asl"
 
 
+class LambdaKilled(Exception):
+    """Raised (by tests) inside a handler to stand for Lambda killing the invocation at its timeout: the state
+    machine sees what AWS reports then, the error `Sandbox.Timedout`."""
+
+    error_type = "Sandbox.Timedout"
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -72,7 +79,7 @@ def install_lambda_dispatch(dispatch) -> None:
                 "ExecutedVersion": "$LATEST",
                 # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
                 "Payload": {
-                    "errorType": type(exc).__name__,
+                    "errorType": getattr(exc, "error_type", type(exc).__name__),
                     "errorMessage": str(exc),
                     "stackTrace": traceback.format_tb(exc.__traceback__)[-4:],
                 },

@@ -285,3 +285,37 @@ def test_a_record_without_the_key_children_need_fails_that_parent(vendor, aws):
     failures = ledger.failures(SOURCE, "r1", 1)
     assert len(failures) == 5 and all("has no field 'serial'" in f["reason"] for f in failures)
     assert store.list_keys("raw/") == []
+
+
+def test_a_long_list_cut_by_the_deadline_continues_from_its_next_page(aws):
+    """One parent whose list outlasts an invocation: each invocation stores the pages it got and the next one
+    starts at the first page not fetched, so every page is requested exactly once and no record is written twice."""
+    store, ledger = aws
+    with VendorServer(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=60,
+                      variation=0, api_key=KEY, latency_ms=30) as server:
+        spec = parse_spec({
+            "name": SOURCE, "base_url": server.url + "/v1",
+            "auth": {"type": "header", "name": "X-Api-Key", "env": "UNUSED"}, "max_in_flight": 1,
+            "levels": [
+                {"name": "datagroups", "alias": "datagroup", "path": "/warriors/w000001/datagroups",
+                 "records": "results", "primary_key": "id", "pagination": {"type": "cursor", "cursor_path": "next_cursor"}},
+                {"name": "points", "path": "/datagroups/{datagroup.id}/points",
+                 "pagination": {"type": "link_header", "size_param": "limit", "size": 3}},
+            ],
+        })
+        group = server.data.ids("datagroups")[0]
+        run = {"source": SOURCE, "run_id": "r1", "attempt": 1, "expires_at": expires_at(1)}
+        batch = {"batch_id": "b1", "parents": [{"datagroups": {"id": group}}]}
+        invocations = 0
+        while True:
+            invocations += 1
+            try:
+                asyncio.run(harvest_batch(spec, run, 1, batch, store=store, ledger=ledger, limiter=NoLimiter(),
+                                          secret=KEY, time_budget=0.25))
+                break
+            except BatchIncomplete:
+                assert invocations < 40
+        assert invocations > 2
+        points = [r["ts"] for k in store.list_keys("raw/") for r in store.read_records(k)]
+        assert sorted(points) == [p["ts"] for p in server.data.points(group)]
+        assert server.stats().requests == 20  # 60 points / 3 per page: each page once, never restarted
