@@ -51,6 +51,10 @@ ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Archite
 #: provided by the Lambda runtime; bundling them only adds ~30 MB (and a second botocore to shadow the first)
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 
+#: never needed at run time and pruned from installed wheels: test suites, C headers, Cython sources
+PRUNE = ("pyarrow/tests", "pyarrow/include", "pyarrow/src", "pyarrow/**/*.pyx", "pyarrow/**/*.pxd",
+         "numpy/tests", "numpy/*/tests", "numpy/_core/include")  # fmt: skip
+
 #: project packages whose modules a bundle carries: exactly those the handler imports, transitively
 PACKAGES = ("lambdas", "harvester")
 #: laptop-only code (aiohttp, moto): a handler that imports it is refused at synth
@@ -168,15 +172,15 @@ class BundleSpec:
 
     def asset_hash(self) -> str:
         h = hashlib.sha256()
-        h.update(f"python{PYTHON_VERSION}|{self.architecture}|{'/'.join(RUNTIME_PROVIDED)}\n".encode())
+        h.update(f"python{PYTHON_VERSION}|{self.architecture}|{RUNTIME_PROVIDED}|{PRUNE}\n".encode())
         h.update(self.requirements.read_bytes())
         for path, rel in self.files():
             h.update(f"\n{rel}\n".encode())
             h.update(path.read_bytes())
         return h.hexdigest()
 
-    def build(self, output_dir: str | Path) -> Path:
-        """Install the wheels and copy the project's code into `output_dir` (created if missing)."""
+    def install_wheels(self, output_dir: str | Path) -> Path:
+        """pip-install the requirement list's wheels for Lambda into `output_dir`, minus what the runtime has."""
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PIP_NO_INPUT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -190,34 +194,53 @@ class BundleSpec:
             stem = entry.name.split("-")[0].lower()
             if stem in RUNTIME_PROVIDED or entry.name == "bin":
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        for pattern in PRUNE:
+            for path in list(out.glob(pattern)):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return out
+
+    def copy_code(self, output_dir: str | Path) -> Path:
+        out = Path(output_dir)
         for path, rel in self.files():
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)
         return out
 
+    def build(self, output_dir: str | Path) -> Path:
+        """Install the wheels and copy the project's code into `output_dir` (created if missing)."""
+        return self.copy_code(self.install_wheels(output_dir))
 
-#: finished bundles by content hash (gitignored `build/`): the CDK CLI re-stages assets on every synth, so
-#: without this every `cdk synth` would run pip again. Set HARVESTER_BUNDLE_CACHE=off to always rebuild.
+    def wheels_key(self) -> str:
+        """What the installed wheels depend on: the requirement list, the platform, the Python version."""
+        h = hashlib.sha256(f"python{PYTHON_VERSION}|{self.architecture}|{RUNTIME_PROVIDED}|{PRUNE}\n".encode())
+        lines = (line.split("#", 1)[0].strip() for line in self.requirements.read_text().splitlines())
+        h.update("\n".join(sorted(line for line in lines if line)).encode())  # comments and order do not matter
+        return f"wheels-{self.architecture}-{h.hexdigest()[:16]}"
+
+
+#: installed wheels by requirement list (gitignored `build/`): the CDK CLI re-stages assets on every synth,
+#: and functions that share a list (convert and query: pyarrow) share one pip run. A list resolves again
+#: only when it changes; HARVESTER_BUNDLE_CACHE=off always runs pip.
 CACHE_DIR = ROOT / "build" / "lambda-bundles"
 
 
 def cached_build(spec: BundleSpec, output_dir: str | Path) -> Path:
-    """`spec.build` through the cache, then a copy into `output_dir`."""
+    """The wheels from the cache (pip runs on a miss), then the function's code, into `output_dir`."""
     out = Path(output_dir)
     if os.environ.get("HARVESTER_BUNDLE_CACHE", "").lower() in ("off", "0", "false", "no"):
         return spec.build(out)
-    cached = CACHE_DIR / f"{spec.name}-{spec.architecture}-{spec.asset_hash()[:16]}"
+    cached = CACHE_DIR / spec.wheels_key()
     if not cached.is_dir():
         tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        spec.build(tmp)
-        for stale in CACHE_DIR.glob(f"{spec.name}-{spec.architecture}-*"):
-            if stale.is_dir() and ".tmp-" not in stale.name:
-                shutil.rmtree(stale, ignore_errors=True)  # keep one bundle per function and architecture
-        os.replace(tmp, cached)
+        spec.install_wheels(tmp)
+        try:
+            os.replace(tmp, cached)
+        except OSError:  # another process finished the same list first
+            shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(cached, out, dirs_exist_ok=True)
-    return out
+    return spec.copy_code(out)
 
 
 @jsii.implements(cdk.ILocalBundling)
