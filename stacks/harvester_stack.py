@@ -82,7 +82,8 @@ class FunctionDef:
 #: every function a workflow may call; a workflow's `${NameFunctionArn}` placeholder creates function `name`.
 #: Adding a function is one line here (plus its handler module and requirements file).
 FUNCTION_CATALOG: dict[str, FunctionDef] = {
-    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",)),
+    # plan checks the source's credential before anything is written (harvester.run.plan_run): it reads the secret
+    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",), secrets=True),
                         memory_mb=512, timeout_s=120, requirements="plan.txt"),
     "fetch": FunctionDef("lambdas.fetch.handler",
                          FunctionAccess(s3_read=("runs/",), s3_write=("runs/", "raw/"), secrets=True),

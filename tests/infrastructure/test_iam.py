@@ -80,8 +80,8 @@ def test_lake_function_grants(harvester_app):
 def test_function_grants(harvester_app):
     fns = harvester_app.stack.functions
     plan, fetch, advance = (policy_of(harvester_app, fns[n]) for n in ("plan", "fetch", "advance"))
+    assert not any(a.startswith("secretsmanager:") for a in actions(advance))
     for stmts in (plan, advance):
-        assert not any(a.startswith("secretsmanager:") for a in actions(stmts))
         writes = [s for s in stmts if "s3:PutObject" in _as_list(s["Action"])]
         assert "/runs/*" in json.dumps(writes) and "/raw/*" not in json.dumps(writes)
     fetch_writes = json.dumps([s for s in fetch if "s3:PutObject" in _as_list(s["Action"])])
@@ -95,11 +95,20 @@ def test_function_grants(harvester_app):
                 assert "LedgerTable" in json.dumps(s["Resource"])
 
 
-def test_only_fetch_reads_secrets_and_only_the_source_secrets(harvester_app):
+def test_secrets_are_read_by_exactly_the_functions_whose_code_reads_them(harvester_app):
+    """A function gets the secrets grant if and only if its bundle carries harvester/secrets.py (plan checks the
+    credential before a run starts, fetch uses it), and then only for the source secrets."""
+    from stacks.bundling import REQUIREMENTS_DIR, BundleSpec
+    from stacks.harvester_stack import FUNCTION_CATALOG
+
     stack = harvester_app.stack
     for name, fn in stack.functions.items():
+        f = FUNCTION_CATALOG[name]
+        spec = BundleSpec(name, REQUIREMENTS_DIR / f.requirements, module=f.handler.rsplit(".", 1)[0])
+        reads_secrets = "harvester/secrets.py" in [rel for _, rel in spec.files()]
+        assert stack.function_access[name].secrets == reads_secrets, name
         stmts = [s for s in policy_of(harvester_app, fn) if any(a.startswith("secretsmanager:") for a in _as_list(s["Action"]))]
-        if name != "fetch" or not stack.secrets:
+        if not reads_secrets or not stack.secrets:
             assert not stmts, name
             continue
         assert actions(stmts) == {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}

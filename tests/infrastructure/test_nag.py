@@ -55,3 +55,35 @@ def test_stacks_readme_lists_every_acknowledgment(harvester_app):
     rows = nag.ack_table(stack, [s.name for s in stack.sources]).splitlines()
     undocumented = [row for row in rows if row not in documented.splitlines()]
     assert not undocumented, f"stacks/README.md lacks: {undocumented}; run python3 scripts/nag_acknowledgments.py --write"
+
+
+def test_nag_stays_green_for_the_other_configurations(tmp_path):
+    """cdk-nag in full (CI runs it on the default configuration): a spec naming an existing secret, a
+    scheduled source, no access logs, x86_64, nothing retained."""
+    import json
+
+    import aws_cdk as cdk
+
+    from stacks.app import build_app
+
+    from .helpers import cdk_json_context
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "beta.yaml").write_text(
+        "name: beta\nbase_url: https://api.example.com\nauth: {env: BETA_KEY, secret: shared/beta-key}\n"
+        "schedule: {cron: '0 3 * * ? *', timezone: Europe/Paris}\nlevels:\n  - name: items\n    path: /items\n"
+    )
+    (sources / "gamma.yaml").write_text("name: gamma\nbase_url: https://x.example.com\nlevels:\n  - {name: a, path: /a}\n")
+    out = tmp_path / "cdk.out"
+    context = {**cdk_json_context(), "aws:cdk:bundling-stacks": [], "nag": "true", "accessLogs": "false",
+               "arch": "x86_64", "retain": "false", "alarmEmail": "ops@example.com", "stackName": "HarvesterNag"}  # fmt: skip
+    app = cdk.App(context=context, outdir=str(out))
+    build_app(app, sources_dir=sources)
+    app.synth()
+    report = json.loads((out / "validation-report.json").read_text())
+    [plugin] = report["pluginReports"]
+    assert plugin["pluginName"] == "AwsSolutions"
+    assert not plugin["violations"], [(v["ruleName"], [c["constructPath"] for c in v["violatingConstructs"]])
+                                      for v in plugin["violations"]]  # fmt: skip
+    assert plugin["suppressedViolations"]
