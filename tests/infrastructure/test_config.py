@@ -35,7 +35,6 @@ def test_bad_values_are_refused_with_the_key(values, message):
 
 
 def test_environment_fallback(monkeypatch):
-    from constructs import Construct  # noqa: F401
     import aws_cdk as cdk
 
     monkeypatch.setenv("HARVESTER_LOG_RETENTION_DAYS", "90")
