@@ -20,6 +20,7 @@ SUBSTITUTION_KEYS = (
     "PlanFunctionArn",
     "FetchFunctionArn",
     "AdvanceFunctionArn",
+    "ConvertFunctionArn",
     "BucketName",
     "LedgerTableName",
 )

@@ -1,11 +1,14 @@
 """`harvest demo`: start the simulated vendor, harvest it with sources/demo.yaml, check the result against the
-vendor's own books (every record, once) and show what the vendor saw (rate, 429s)."""
+vendor's own books (every record, once) and show what the vendor saw (rate, 429s); then check the Parquet lake the
+workflow's convert stage wrote (rows per level = the ledger's records) and run the showcase query through the
+query workflow: uptime % of the data points by firmware version over the demo's time range."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import sys
+from datetime import timedelta
 
 from harvester.local.report import audit
 from harvester.spec import load_spec
@@ -42,6 +45,10 @@ def run_demo(args) -> int:
               f"(burst {vendor.config.burst}), latency {args.latency_ms} ms", file=sys.stderr, flush=True)
         run, desc, seconds = execute(spec, args.spec, {"source": spec.name}, args.state, timeout=args.timeout, audit=False)
         stats = vendor.stats()
+        data = vendor.data
+        start = data.config.start
+        end = start + timedelta(seconds=data.config.interval_seconds * max(
+            [data.point_count(g) for g in data.ids("datagroups")] or [0]))
     if run is None:
         return 1
     found = audit(args.state / "bucket", spec, run["run_id"])
@@ -61,5 +68,47 @@ def run_demo(args) -> int:
     print(f"vendor saw: {stats.requests} requests, {stats.served} served, {stats.refused} refused (429), "
           f"busiest second {busiest[1] if busiest else 0} (limit {vendor.config.rate} + burst {vendor.config.burst}), "
           f"seconds over the limit: {over}" + (f", utilisation {utilisation:.2f}" if utilisation else ""))
-    print("demo " + ("OK: every record harvested exactly once" if ok else "FAILED"))
+    ok &= lake_check(run, spec)
+    ok &= showcase_query(args.state, spec.name, start, end, timeout=args.timeout)
+    print("demo " + ("OK: every record harvested exactly once, converted and queried" if ok else "FAILED"))
     return 0 if ok and not over else 1
+
+
+def lake_check(run: dict, spec) -> bool:
+    """The run item's Parquet counts (written by the convert stage) against its harvested records."""
+    lake = (run.get("lake") or {}).get("levels", {})
+    print(f"lake: Parquet (zstd) under processed/{spec.name}/, per level:")
+    ok = bool(lake)
+    for level in spec.levels:
+        got = lake.get(level.name, {})
+        want = run.get("levels", {}).get(level.name, {}).get("records")
+        same = want is not None and got.get("rows") == want
+        ok &= same
+        print(f"  {level.name:<11} files {got.get('files', 0):>3}  partitions {got.get('partitions', 0):>3}  "
+              f"rows {got.get('rows', 0):>7}  ledger {want}  bad values {got.get('bad_values', 0)}  "
+              f"{(got.get('bytes', 0) / 1e6):.2f} MB  {'OK' if same else 'MISMATCH'}")
+    return ok
+
+
+def showcase_query(state, source: str, start, end, *, timeout: float) -> bool:
+    """Seed 001's question through the query workflow: uptime % of the data points by firmware version."""
+    from harvester.cli import query_lines, run_query
+
+    query = {
+        "source": source, "level": "points",
+        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "group_by": ["warriors.firmware"],
+        "aggregates": [{"op": "count", "as": "points"}, {"op": "share", "column": "status", "equals": "up", "as": "uptime"}],
+    }
+    print(f"uptime by firmware, {query['start']} .. {query['end']} (harvest query --local --state {state} "
+          f"--source {source} --level points --start {query['start']} --end {query['end']} "
+          f"--group-by warriors.firmware --agg 'count as points' --agg 'share:status=up as uptime'):")
+    desc, result, seconds = run_query(state, query, timeout=timeout)
+    if result is None:
+        print(f"query {desc['status']}: {desc.get('error')}: {desc.get('cause', '')[:500]}")
+        return False
+    for row in result["rows"]:
+        row[-1] = None if row[-1] is None else f"{100 * row[-1]:.2f}"
+    result["columns"][-1] = "uptime %"
+    print("\n".join("  " + line for line in query_lines(result, seconds, state)))
+    return bool(result["rows"])
