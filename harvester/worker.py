@@ -219,9 +219,10 @@ async def harvest_batch(
             completed.append(key)
 
     part = ck["parts"]
+    written = 0
     if completed or cut:
         if records:
-            store.put_records(storage.raw_key(source, run_id, level.name, batch_id, part), records)
+            written = store.put_records(storage.raw_key(source, run_id, level.name, batch_id, part), records)
         if children:
             size = spec.levels[level_index + 1].batch_size
             items = []
@@ -241,6 +242,7 @@ async def harvest_batch(
         ck["failed"][key] = {**failure, "attempt": attempt}
     current_failures = [f for f in ck["failed"].values() if f.get("attempt") == attempt]
     ck["records"] += len(records)
+    ck["bytes"] = ck.get("bytes", 0) + written
     ck["children"] += len(children)
     ck["pages"] += stats.pages
     ck["throttled"] += stats.throttled
@@ -260,6 +262,7 @@ async def harvest_batch(
         "parents": len(parents),
         "done_parents": len(ck["done"]),
         "records": ck["records"],
+        "bytes": ck["bytes"],
         "children": ck["children"],
         "calls": sum(ck["calls_by_attempt"].values()),
         "calls_by_attempt": ck["calls_by_attempt"],
@@ -280,14 +283,19 @@ async def harvest_batch(
         first = current_failures[0]
         summary["error"] = f"{len(current_failures)} of {len(parents)} parents failed, first: {first['reason']} ({first['url']})"
     ledger.put_batch(source, run_id, level_index, batch_id, summary, ttl)
-    result = {"batch_id": batch_id, **summary, "call_stats": stats.as_dict()}
+    result = {"batch_id": batch_id, **summary, "call_stats": stats.as_dict(), "bytes_written": written,
+              "records_written": len(records)}
+    error: Exception | None = None
     if auth_error is not None:
-        raise BatchFailed(f"{auth_error.reason} ({auth_error.url}); {unfinished} parents left for a resume")
-    if status == "RUNNING":
-        raise BatchIncomplete(
+        error = BatchFailed(f"{auth_error.reason} ({auth_error.url}); {unfinished} parents left for a resume")
+    elif status == "RUNNING":
+        error = BatchIncomplete(
             f"batch {batch_id}: {len(ck['done'])}/{len(parents)} parents done when the time budget ran out; "
             "the next attempt continues from the checkpoint"
         )
-    if status == "FAILED":
-        raise BatchFailed(f"batch {batch_id}: {summary['error']}")
+    elif status == "FAILED":
+        error = BatchFailed(f"batch {batch_id}: {summary['error']}")
+    if error is not None:
+        error.result = result  # type: ignore[attr-defined]  # what this invocation did, for the handler's metrics
+        raise error
     return result

@@ -55,6 +55,7 @@ def handler(event: FetchEvent, context: LambdaContext) -> dict:
         spec.rate_limit.requests_per_second if spec.rate_limit else None,
         spec.rate_limit.burst if spec.rate_limit else 1,
         table=aws.table(),
+        metrics=metrics,  # the limiter adds TokensGranted, Waits, WaitSeconds, Throttles, LeaseWrites, CurrentRate
     )
 
     async def work() -> dict:
@@ -71,15 +72,19 @@ def handler(event: FetchEvent, context: LambdaContext) -> dict:
         result = asyncio.run(work())
     except (BatchIncomplete, BatchFailed) as exc:
         logger.warning(str(exc), extra={"error": type(exc).__name__})
+        add_metrics(getattr(exc, "result", {}))
         raise
-    finally:
-        for name, value in limiter.stats().items():
-            if isinstance(value, (int, float)) and name in ("tokens_granted", "waits", "throttles"):
-                metrics.add_metric(name=f"Limiter_{name}", unit=MetricUnit.Count, value=value)
+    add_metrics(result)
+    logger.info("batch done", extra={k: v for k, v in result.items() if k != "calls_by_attempt"})
+    return {k: result[k] for k in ("batch_id", "status", "records", "calls") if k in result}
+
+
+def add_metrics(result: dict) -> None:
     stats = result.get("call_stats", {})
     metrics.add_metric(name="Calls", unit=MetricUnit.Count, value=stats.get("calls", 0))
     metrics.add_metric(name="Throttled", unit=MetricUnit.Count, value=stats.get("throttled", 0))
     metrics.add_metric(name="Retries", unit=MetricUnit.Count, value=stats.get("retries", 0))
-    metrics.add_metric(name="Records", unit=MetricUnit.Count, value=result.get("records", 0))
-    logger.info("batch done", extra={k: v for k, v in result.items() if k != "calls_by_attempt"})
-    return {k: result[k] for k in ("batch_id", "status", "records", "calls") if k in result}
+    metrics.add_metric(name="Records", unit=MetricUnit.Count, value=result.get("records_written", 0))
+    metrics.add_metric(name="BytesWritten", unit=MetricUnit.Bytes, value=result.get("bytes_written", 0))
+    if stats.get("calls"):
+        metrics.add_metric(name="CallLatency", unit=MetricUnit.Milliseconds, value=stats["mean_latency_ms"])
