@@ -222,3 +222,14 @@ def test_run_with_failed_batches_converts_what_was_harvested_then_ends_incomplet
     files = engine.dynamodb.query(TableName="harvester-ledger", KeyConditionExpression="pk = :pk",
                                   ExpressionAttributeValues={":pk": {"S": f"FILES#{spec.name}#points#RUNS"}})["Items"]
     assert len(files) == run["lake"]["levels"]["points"]["files"] == len(paths["points"])
+
+    # a worker that fails (its file is gone) fails the query with the reason, not a partial answer
+    engine.s3.delete_object(Bucket=BUCKET, Key=run_key(paths["points"][0], spec.name))
+    desc, result = engine.query({"source": spec.name, "level": "points"}, timeout=120)
+    assert desc["status"] == "FAILED" and desc["error"] == "Query.Failed" and result is None
+    assert desc["cause"].startswith("States.ExceedToleratedFailureThreshold")
+
+
+def run_key(path: str, source: str) -> str:
+    """The S3 key of a downloaded lake file."""
+    return path[path.index(f"processed/{source}/"):]
