@@ -412,6 +412,9 @@ def test_metrics_only_when_given():
     from aws_lambda_powertools import Metrics
 
     metrics = Metrics(namespace="HarvesterTest", service="ratelimit")
+    # Powertools Metrics instances share one metric set per process: drop what handlers run by earlier tests
+    # (the local engine's fetch workers) left in it
+    metrics.clear_metrics()
 
     async def go():
         lim = limiter_for("met", 50, 5, metrics=metrics)
