@@ -464,5 +464,7 @@ def test_in_process_429_pauses_every_thread():
         t.join()
     seen.sort()
     first_after = next(x for x in seen if x >= t0 + 0.5)
-    assert count_between(seen, first_after + 0.02, first_after + paused_for - 0.01) == 0
+    # a token granted just before the pause is stamped when its thread next holds the GIL, which under load can be
+    # tens of ms later: allow 0.1 s for that, then nothing until the pause ends
+    assert count_between(seen, first_after + 0.1, first_after + paused_for - 0.01) == 0
     assert count_between(seen, first_after + paused_for, t0 + 1.5) >= 1
