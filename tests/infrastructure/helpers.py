@@ -9,6 +9,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: a minimal source spec for stacks built from a test's own sources folder
+SPEC = """\
+name: {name}
+base_url: https://api.example.com
+{extra}
+levels:
+  - name: items
+    path: /items
+"""
+
 
 def cdk_json_context() -> dict[str, Any]:
     """The context in cdk.json (feature flags included), so tests synthesize what `cdk synth` does."""

@@ -6,17 +6,7 @@ import json
 
 import pytest
 
-from .helpers import make_app, resource
-
-SPEC = """\
-name: {name}
-base_url: https://api.example.com
-{extra}
-levels:
-  - name: items
-    path: /items
-"""
-
+from .helpers import SPEC, make_app, resource
 
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory):

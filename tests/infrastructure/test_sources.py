@@ -7,17 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, make_app, resource
-
-SPEC = """\
-name: {name}
-base_url: https://api.example.com
-{extra}
-levels:
-  - name: items
-    path: /items
-"""
-
+from .helpers import ROOT, SPEC, make_app, resource
 
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
