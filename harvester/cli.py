@@ -71,8 +71,10 @@ def execute(
         try:
             desc = engine.wait(arn, timeout=timeout, progress=tick)
         except KeyboardInterrupt:
-            print("\ninterrupted: saving state; resume with `harvest resume RUN_ID --local`", file=sys.stderr)
             engine.sfn.stop_execution(executionArn=arn, error="Local.Interrupted", cause="Ctrl-C")
+            run_id = execution_input.get("resume") or engine.run_id_of(arn, spec.name) or "RUN_ID"
+            print(f"\ninterrupted: state saved in {state}; continue with "
+                  f"`harvest resume {run_id} --local --state {state}`", file=sys.stderr)
             raise
         seconds = time.monotonic() - t0
         run_id = execution_input.get("resume") or engine.run_id_of(arn, spec.name)
