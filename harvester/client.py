@@ -200,7 +200,10 @@ class Fetcher:
     async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
         if self.time_left() <= 0:
             raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
-        await self.limiter.acquire()
+        try:
+            await self.limiter.acquire()
+        except Exception as exc:  # noqa: BLE001 - e.g. the shared bucket under heavy contention: retry later
+            raise _Transient(f"rate limiter: {type(exc).__name__}: {exc}"[:200]) from None
         self.stats.calls += 1
         t0 = time.monotonic()
         try:

@@ -176,6 +176,9 @@ async def harvest_batch(
                     failures[key] = {**exc.as_item(), "parent": key}
                 except CallFailed as exc:
                     failures[key] = {**exc.as_item(), "parent": key}
+                except Exception as exc:  # noqa: BLE001 - a bug or surprise must not lose the other parents' pages
+                    failures[key] = {"url": level.path, "status": None, "reason": f"unexpected {type(exc).__name__}: {exc}"[:300],
+                                     "excerpt": "", "attempts": 1, "parent": key}
                 grow()
 
         def grow() -> None:

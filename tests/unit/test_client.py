@@ -462,3 +462,24 @@ def test_retry_after_seconds():
     assert 27 <= retry_after_seconds(when) <= 30.5
     past = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=30), usegmt=True)
     assert retry_after_seconds(past) == 0.0
+
+
+class FlakyLimiter(NoLimiter):
+    """The shared bucket fails now and then (e.g. DynamoDB conflicts under heavy contention)."""
+
+    def __init__(self, fail_every: int) -> None:
+        super().__init__()
+        self.fail_every, self.calls = fail_every, 0
+
+    async def acquire(self) -> None:
+        self.calls += 1
+        if self.calls % self.fail_every == 0:
+            raise RuntimeError("rate bucket test: 100 conflicting writes in a row")
+        await super().acquire()
+
+
+def test_a_failing_limiter_is_a_transient_error_not_a_lost_batch(vendor: VendorServer):
+    limiter, sleep = FlakyLimiter(fail_every=2), Sleeps()
+    records, fetcher = fetch(make_spec(vendor.url + "/v1"), limiter=limiter, sleep=sleep)
+    assert records == truth(vendor)
+    assert fetcher.stats.errors.get("rate limiter") == len(sleep.waits) > 0
