@@ -211,12 +211,13 @@ def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: f
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     truth = vendor.counts()
     runs = []
+    quiet = _Quiet()  # the handlers' log and metric lines (stdout) would bury the figures
     try:
-        with LocalEngine(state) as engine:
+        with quiet, LocalEngine(state) as engine:
             engine.add_source(spec_path, spec)
             t0 = time.time()
             arns = [engine.start({"source": spec.name}) for _ in range(executions)]
-            descs = [engine.wait(arn, timeout=timeout, poll=0.1) for arn in arns]
+            descs = [engine.wait(arn, timeout=timeout, poll=0.5) for arn in arns]  # times: moto's start/stop dates
             wall = time.time() - t0
             for arn, desc in zip(arns, descs):
                 run_id = engine.run_id_of(arn, spec.name)
@@ -236,10 +237,30 @@ def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: f
             r["limiter_writes"] = int(totals.get("limiter_writes", 0) or 0)
             r["seconds"] = round((r["stopped"] or time.time()) - r["started"], 3)
     finally:
+        if any(r.get("status") != "SUCCEEDED" for r in runs) or not runs:
+            keep = keep or RESULTS / f"failed-state-{spec.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+            print(f"a run did not succeed: its state (bucket, ledger) is kept in {keep}", file=sys.stderr)
         if keep:
             shutil.copytree(state, keep, dirs_exist_ok=True)
         shutil.rmtree(state, ignore_errors=True)
     return {"wall": round(wall, 3), "runs": runs, "started": t0}
+
+
+class _Quiet:
+    """Send file descriptor 1 (stdout) to /dev/null for a while; the figures are printed afterwards."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self.saved = os.dup(1)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        os.dup2(self.saved, 1)
+        os.close(self.saved)
 
 
 def check(found: dict[str, dict[str, int]], truth: dict[str, int]) -> dict[str, Any]:
