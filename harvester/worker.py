@@ -202,7 +202,9 @@ async def harvest_batch(
     children: list[dict[str, Any]] = []
     completed: list[str] = []
     cut: dict[str, dict[str, Any]] = {}  # parents continued by the next invocation
-    for key, page_records in [*fetched.items(), *((k, recs) for k, (recs, _) in partial.items())]:
+    # in the batch's parent order, not the order lanes finished: the same input always writes the same objects
+    got = {**fetched, **{k: recs for k, (recs, _) in partial.items()}}
+    for key, page_records in ((k, got[k]) for k in by_key if k in got):
         parent = by_key[key]
         try:
             kids = [] if is_leaf else [child_context(spec, level_index, parent, r, level.path) for r in page_records]
