@@ -51,20 +51,12 @@ def lookup(record: Mapping[str, Any], field: str) -> Any:
 
 def render(text: str, context: Mapping[str, Mapping[str, Any]], *, for_path: bool) -> str:
     """Fill a template from `context` ({level name or alias: record fields})."""
-    out, pos = [], 0
-    for m in _TOKEN.finditer(text):
-        out.append(text[pos : m.start()])
-        pos = m.end()
-        tok = m.group(0)
-        if tok in ("{{", "}}"):
-            out.append(tok[0])
-            continue
-        if m.group(1) is None:
-            raise TemplateError(f"unbalanced {tok!r} in {text!r}")
-        ref = _REF.match(m.group(1).strip())
-        if not ref:
-            raise TemplateError(f"{{{m.group(1)}}} in {text!r} is not of the form {{level.field}}")
-        level, field = ref.groups()
+    refs = {m.start(): (level, field) for level, field, m in _refs(text)}  # parses and checks the template
+
+    def fill(m: re.Match) -> str:
+        if m.start() not in refs:  # `{{` or `}}`
+            return m.group(0)[0]
+        level, field = refs[m.start()]
         if level not in context:
             raise TemplateError(f"{text!r} needs {{{level}.{field}}} but no ancestor {level!r} is known")
         try:
@@ -76,6 +68,6 @@ def render(text: str, context: Mapping[str, Mapping[str, Any]], *, for_path: boo
         if value is None:
             raise TemplateError(f"{text!r} needs {{{level}.{field}}} but it is null in the {level} record")
         value = str(value).lower() if isinstance(value, bool) else str(value)
-        out.append(quote(value, safe="") if for_path else value)
-    out.append(text[pos:])
-    return "".join(out)
+        return quote(value, safe="") if for_path else value
+
+    return _TOKEN.sub(fill, text)
