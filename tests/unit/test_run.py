@@ -135,6 +135,13 @@ def write_source(folder: Path, base_url: str, name: str = "mini", **changes: Any
     return path
 
 
+@pytest.fixture
+def mini_source(vendor, tmp_path, monkeypatch) -> Path:
+    """The `mini` spec in tmp_path, pointed at the vendor, with its credential in the environment."""
+    monkeypatch.setenv("MINI_API_KEY", KEY)
+    return write_source(tmp_path, vendor.url + "/v1")
+
+
 def closed_port_url() -> str:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -162,9 +169,7 @@ def record_run_start(table, state: dict[str, Any], status: str = "RUNNING") -> N
                          "gsi1pk": run["gsi1pk"], "gsi1sk": run["gsi1sk"], "expires_at": run["expires_at"]})
 
 
-def test_plan_run_writes_the_spec_and_the_first_manifest(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_plan_run_writes_the_spec_and_the_first_manifest(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     state = plan({"source": "mini"}, aws, tmp_path)
     spec = find_spec(tmp_path, "mini")
@@ -187,9 +192,7 @@ def test_plan_run_writes_the_spec_and_the_first_manifest(aws, vendor, tmp_path, 
     assert len(json.dumps(state)) < 4096  # keys, never data
 
 
-def test_plan_run_with_a_given_run_id(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_plan_run_with_a_given_run_id(aws, vendor, tmp_path, monkeypatch, mini_source):
     assert plan({"source": "mini", "run_id": "nightly-1"}, aws, tmp_path)["run"]["run_id"] == "nightly-1"
 
 
@@ -202,9 +205,7 @@ def test_plan_run_with_a_given_run_id(aws, vendor, tmp_path, monkeypatch):
         ({"source": "mini", "run_id": "a", "resume": "b"}, InputError, "not both"),
     ],
 )
-def test_plan_run_bad_input_writes_nothing(aws, vendor, tmp_path, monkeypatch, raw, error, words):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_plan_run_bad_input_writes_nothing(aws, vendor, tmp_path, monkeypatch, raw, error, words, mini_source):
     with pytest.raises(error) as info:
         plan(raw, aws, tmp_path)
     assert words in str(info.value)
@@ -240,9 +241,7 @@ def test_plan_run_base_url_that_does_not_answer_writes_nothing(aws, tmp_path, mo
     assert nothing_written(aws)
 
 
-def test_plan_run_refuses_an_existing_run_id(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_plan_run_refuses_an_existing_run_id(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     state = plan({"source": "mini", "run_id": "r1"}, aws, tmp_path)
     record_run_start(table, state, status="SUCCEEDED")
@@ -253,18 +252,14 @@ def test_plan_run_refuses_an_existing_run_id(aws, vendor, tmp_path, monkeypatch)
     assert store.list_keys("") == keys and table.scan()["Count"] == 1
 
 
-def test_resume_of_an_unknown_run_writes_nothing(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_resume_of_an_unknown_run_writes_nothing(aws, vendor, tmp_path, monkeypatch, mini_source):
     with pytest.raises(InputError) as info:
         plan({"source": "mini", "resume": "never-ran"}, aws, tmp_path)
     assert str(info.value) == "cannot resume run 'never-ran' of source 'mini': the ledger has no such run"
     assert nothing_written(aws)
 
 
-def test_resume_of_a_finished_run_is_the_next_attempt(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_resume_of_a_finished_run_is_the_next_attempt(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     first = plan({"source": "mini", "run_id": "r1"}, aws, tmp_path)
     record_run_start(table, first, status="INCOMPLETE")
@@ -273,9 +268,7 @@ def test_resume_of_a_finished_run_is_the_next_attempt(aws, vendor, tmp_path, mon
     assert again["run"]["attempt_str"] == "2" and again["run"]["spec_key"] == first["run"]["spec_key"]
 
 
-def test_resume_of_a_running_run_is_refused(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_resume_of_a_running_run_is_refused(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     record_run_start(table, plan({"source": "mini", "run_id": "r1"}, aws, tmp_path), status="RUNNING")
     with pytest.raises(InputError) as info:
@@ -293,9 +286,7 @@ def harvest_level(state: dict[str, Any], spec, aws) -> None:
                                   limiter=NoLimiter(), secret=KEY, time_budget=60))
 
 
-def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     spec = find_spec(tmp_path, "mini")
     state = plan({"source": "mini", "run_id": "r1"}, aws, tmp_path)
@@ -344,9 +335,7 @@ def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor
     assert store.list_keys("runs/mini/r1/manifests/") == [f"runs/mini/r1/manifests/{i}.json" for i in range(3)]
 
 
-def test_advance_level_counts_a_batch_that_never_wrote_as_failed(aws, vendor, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_API_KEY", KEY)
-    write_source(tmp_path, vendor.url + "/v1")
+def test_advance_level_counts_a_batch_that_never_wrote_as_failed(aws, vendor, tmp_path, monkeypatch, mini_source):
     store, ledger, table = aws
     spec = find_spec(tmp_path, "mini")
     state = plan({"source": "mini", "run_id": "r1"}, aws, tmp_path)
