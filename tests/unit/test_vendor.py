@@ -295,7 +295,9 @@ def test_rate_limit_429_retry_after_and_per_second_stats() -> None:
         ok = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code == 429]
         assert len(ok) + len(refused) == len(responses) and refused
-        assert 5 + 10 * 1.0 <= len(ok) <= 5 + 10 * elapsed + 1
+        # more than the burst (the bucket refills), never more than burst + rate x time; the lower bound is loose
+        # because a loaded machine may not send fast enough to keep the bucket empty the whole time
+        assert 5 + 5 <= len(ok) <= 5 + 10 * elapsed + 1
         assert all(r.headers["Retry-After"].isdigit() and int(r.headers["Retry-After"]) >= 1 for r in refused)
         assert refused[0].json()["error"]["code"] == "rate_limited"
         stats = v.stats()
