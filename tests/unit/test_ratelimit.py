@@ -10,6 +10,7 @@ import bisect
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
@@ -90,6 +91,23 @@ def utilisation(times: list[float], rate: float, until: float | None = None) -> 
     return count_between(times, times[0], end) / ((end - times[0]) * rate)
 
 
+#: send times per URL path, taken the moment ``acquire()`` returns (what the limiter controls)
+SENT: dict[str, list[float]] = {}
+
+
+def sent(path: str) -> list[float]:
+    return sorted(SENT.get(path, []))
+
+
+def assert_within_limit(path: str, rate: float, burst: int, arrivals: list[float] | None = None) -> None:
+    """The limiter's promise: no 1-second window of sends above rate + burst. Arrivals at the counter server
+    (same process, same GIL as 32 workers and moto) may bunch by delivery delay the limiter cannot see: they
+    get an allowance of 5 % of the rate (at least 1) on top."""
+    assert worst_window(sent(path)) <= rate + burst, f"sends: {worst_window(sent(path))} in 1 s"
+    if arrivals is not None:
+        assert worst_window(arrivals) <= rate + burst + max(1, int(0.05 * rate)), f"arrivals: {worst_window(arrivals)}"
+
+
 # ------------------------------------------------------------------------------------------
 # A fleet: threads, each with its own event loop, limiter and aiohttp session, several
 # coroutines each (the shape of pipelined Lambda workers).
@@ -111,8 +129,10 @@ def run_fleet(make_limiter, url_for, threads, coros, until, start_at=None, *, ho
             async with aiohttp.ClientSession(connector=conn) as session:
 
                 async def one() -> None:
+                    sends = SENT.setdefault(urlsplit(url).path, [])
                     while time.time() < until:
                         await lim.acquire()
+                        sends.append(time.time())
                         async with session.get(url) as r:
                             await r.read()
                             if r.status == 429:
@@ -169,6 +189,7 @@ def table(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _fresh_registry():
+    SENT.clear()
     ratelimit.reset_local_buckets()
     yield
     ratelimit.reset_local_buckets()
@@ -209,7 +230,7 @@ def test_fleet_on_dynamodb_stays_under_limit_and_uses_it(server, table):
     times = server.times(path)
     fig = fleet_figures("dynamodb 8 threads x 4 coroutines @50/s", times, rate, burst, lims,
                         until=start + 3.0)
-    assert fig["worst_window"] <= rate + burst
+    assert_within_limit(path, rate, burst, times)
     assert fig["utilisation"] >= 0.9
     assert fig["writes_per_call"] <= 0.35  # blocks of several tokens per DynamoDB write
     item = bucket_item(table, "dyn")
@@ -225,7 +246,7 @@ def test_fleet_in_process_stays_under_limit_and_uses_it(server):
     times = server.times(path)
     fig = fleet_figures("in-process 8 threads x 4 coroutines @100/s", times, rate, burst, lims,
                         until=start + 2.5)
-    assert fig["worst_window"] <= rate + burst
+    assert_within_limit(path, rate, burst, times)
     assert fig["utilisation"] >= 0.9
 
 
@@ -250,7 +271,7 @@ def test_worker_dying_with_a_lease_does_not_stall_the_others(server, table):
     print(f"  first call after the death: {first:.3f} s; calls in 2 s: {len(times)}")
     assert first <= 0.6  # at most the dead lease's span
     assert len(times) >= 0.9 * rate * (2.0 - 0.5)
-    assert worst_window(times) <= rate + burst
+    assert_within_limit(path, rate, burst, times)
 
 
 def test_429_storm_cuts_the_rate_then_it_recovers(server, table):
@@ -302,7 +323,7 @@ def test_429_storm_cuts_the_rate_then_it_recovers(server, table):
     assert after_pause < 0.85 * ceiling  # slower after the storm ...
     assert rates[-1] == pytest.approx(ceiling)  # ... and back to the ceiling
     assert recovered >= 0.9 * ceiling
-    assert worst_window(ok + refused) <= ceiling + burst
+    assert_within_limit(path, ceiling, burst, sorted(ok + refused))
 
 
 def test_two_sources_do_not_share_a_bucket(server, table):
@@ -317,7 +338,7 @@ def test_two_sources_do_not_share_a_bucket(server, table):
         fleet_figures(f"source {s} @20/s", times, rate, burst, [lim for lim in lims
                                                                  if lim.source == s])
         assert len(times) >= 0.9 * rate * 2.0  # each gets its full rate ...
-        assert worst_window(times) <= rate + burst  # ... and only its own
+        assert_within_limit(f"/{s}", rate, burst, times)  # ... and only its own
         assert bucket_item(table, s)["pk"] == f"RATE#{s}"
 
 
@@ -331,7 +352,7 @@ def test_two_runs_of_one_source_share_its_limit(server, table):
     times = server.times(path)
     fig = fleet_figures("two runs of one source @20/s", times, rate, burst, lims,
                         until=t0 + 2.5)
-    assert fig["worst_window"] <= rate + burst
+    assert_within_limit(path, rate, burst, times)
     assert 0.9 <= fig["utilisation"] <= 1.1
     per_run = [sum(lim.stats()["tokens_granted"] for lim in lims[r::2]) for r in (0, 1)]
     assert min(per_run) >= 0.25 * sum(per_run)
