@@ -115,6 +115,8 @@ class RateLimiter(Protocol):
 
     def on_success(self) -> None: ...
 
+    def expect(self, upcoming: int) -> None: ...
+
     def stats(self) -> dict: ...
 
     async def close(self) -> None: ...
@@ -528,6 +530,7 @@ class Limiter:
         self._last_error: str | None = None
         self._pending: set[asyncio.Future] = set()
         self._closed = False
+        self._upcoming: int | None = None  # acquires the worker says are still to come (None: unknown)
         self._s = dict(tokens_granted=0, leases=0, lease_writes=0, lease_conflicts=0,
                        tokens_leased=0, tokens_expired=0, woke_late=0, backlog_waits=0,
                        pause_checks=0, errors=0, tokens_returned=0, waits=0,
@@ -608,6 +611,14 @@ class Limiter:
         with self._lock:
             self._s["successes"] += 1
 
+    def expect(self, upcoming: int) -> None:
+        """Tell the limiter how many more acquires the worker knows are coming (e.g. lists not started yet;
+        pages beyond the first are unknown). Leases then stay within that: slots leased ahead by a worker that
+        is about to stop would expire unused, capacity the rest of the fleet can no longer have. Without a
+        hint, the block adapts as described in the module docstring."""
+        with self._lock:
+            self._upcoming = max(0, int(upcoming))
+
     def stats(self) -> dict:
         with self._lock:
             out = dict(self._s)
@@ -627,6 +638,7 @@ class Limiter:
         with self._lock:
             future = [s for s in self._slots
                       if s > now + self.cfg.grace and s >= self._last_lease_start]
+            self._s["tokens_expired"] += len(self._slots) - len(future)  # leased, never used
             version = self._slots_version
             self._slots.clear()
         if future:
@@ -693,6 +705,8 @@ class Limiter:
     def _low_water(self, now: float) -> bool:
         if self.bucket.cheap or self._leasing:
             return False
+        if self._upcoming is not None and len(self._slots) >= self._upcoming:
+            return False  # the slots held cover the work the worker knows of
         horizon = now + 2 * self._lease_latency + 1.0 / self._rate
         return not self._slots or self._slots[-1] < horizon
 
@@ -707,7 +721,10 @@ class Limiter:
             else:
                 self._block = self._block * 2
         self._block = min(self._block, self.cfg.max_block(self._rate))
-        return max(1, min(max(demand, int(self._block)), self.cfg.max_block(self._rate)))
+        want = max(demand, int(self._block))
+        if self._upcoming is not None:  # no more than the known work (those waiting, and what is to come)
+            want = min(want, demand + self._upcoming)
+        return max(1, min(want, self.cfg.max_block(self._rate)))
 
     async def _call(self, fn, *args):
         if self.bucket.cheap:
@@ -804,6 +821,9 @@ class UnlimitedLimiter:
     def on_success(self) -> None:
         with self._lock:
             self._s["successes"] += 1
+
+    def expect(self, upcoming: int) -> None:
+        pass
 
     def stats(self) -> dict:
         with self._lock:

@@ -20,7 +20,7 @@ from harvester.spec import SourceSpec, SpecError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
 COUNTERS = ("calls", "records", "pages", "throttled", "retries", "failures", "failed_batches", "token_wait_seconds",
-            "limiter_writes")
+            "limiter_writes", "tokens_expired")
 
 
 class InputError(ValueError):
@@ -182,6 +182,7 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
         # the shared limiter: time workers waited for a token, and its DynamoDB writes
         "token_wait_seconds": round(sum(b.get("token_wait_seconds", 0) for b in batches), 3),
         "limiter_writes": sum(b.get("limiter_writes", 0) for b in batches),
+        "tokens_expired": sum(b.get("tokens_expired", 0) for b in batches),
     }
     attempt_calls = sum((b.get("calls_by_attempt") or {}).get(attempt, 0) for b in batches)
     totals = {c: state["totals"].get(c, 0) + counts.get(c, 0) for c in COUNTERS}

@@ -158,6 +158,9 @@ async def harvest_batch(
                     out_of_time = True
                     return
                 parent = queue.get_nowait()
+                # each list not started yet needs at least one call: the limiter leases no further ahead than
+                # that, so a worker near its end leaves no unused tokens behind (others could have used them)
+                limiter.expect(queue.qsize())
                 key = parent_key(parent, spec)
                 resume = ck["partial"].get(key)
                 try:
@@ -256,6 +259,8 @@ async def harvest_batch(
     limiter_stats = limiter.stats()
     ck["token_wait_seconds"] = round(ck.get("token_wait_seconds", 0.0) + float(limiter_stats.get("wait_seconds", 0.0)), 3)
     ck["limiter_writes"] = ck.get("limiter_writes", 0) + int(limiter_stats.get("lease_writes", 0))
+    # tokens this worker leased from the shared bucket and never used: vendor capacity the run left unused
+    ck["tokens_expired"] = ck.get("tokens_expired", 0) + int(limiter_stats.get("tokens_expired", 0))
     ck["calls_by_attempt"][str(attempt)] = ck["calls_by_attempt"].get(str(attempt), 0) + stats.calls
     store.put_json(ck_key, ck)
 
@@ -280,6 +285,7 @@ async def harvest_batch(
         "failures": len(current_failures),
         "token_wait_seconds": ck["token_wait_seconds"],
         "limiter_writes": ck["limiter_writes"],
+        "tokens_expired": ck["tokens_expired"],
         "current_rate": limiter_stats.get("current_rate"),
         "seconds": round(time.monotonic() - started, 3),
     }

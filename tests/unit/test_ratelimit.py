@@ -489,3 +489,23 @@ def test_in_process_429_pauses_every_thread():
     # tens of ms later: allow 0.1 s for that, then nothing until the pause ends
     assert count_between(seen, first_after + 0.1, first_after + paused_for - 0.01) == 0
     assert count_between(seen, first_after + paused_for, t0 + 1.5) >= 1
+
+
+def test_expect_keeps_leases_within_the_known_work(table):
+    """A worker that announces how many calls it still has (lists not started) leases no further ahead: at
+    the end of a batch it leaves no unused tokens in the shared schedule. Without the hint the block grows."""
+
+    async def calls(lim, n: int, hint: bool) -> dict:
+        for i in range(n):
+            if hint:
+                lim.expect(n - 1 - i)  # this call in hand, the rest still to come
+            await lim.acquire()
+        st = lim.stats()
+        await lim.close()
+        return st
+
+    hinted = asyncio.run(calls(limiter_for("hint", 100, 5, table=table), 30, True))
+    assert hinted["tokens_granted"] == 30 and hinted["tokens_leased"] == 30
+    ratelimit.reset_local_buckets()
+    free = asyncio.run(calls(limiter_for("nohint", 100, 5, table=table), 30, False))
+    assert free["tokens_granted"] == 30 and free["tokens_leased"] > 30

@@ -22,6 +22,7 @@ from harvester.run import COUNTERS, InputError, advance_level, default_run_id, p
 from harvester.secrets import resolve_secret
 from harvester.spec import SpecError, find_spec
 from harvester.vendor.server import VendorServer
+from harvester.ratelimit import limiter_for
 from harvester.worker import harvest_batch
 
 BUCKET = "harvest-test"
@@ -29,21 +30,6 @@ KEY = "run-key"
 START = "2026-03-04T05:06:07.123Z"
 
 
-class NoLimiter:
-    async def acquire(self) -> None:
-        pass
-
-    def on_throttle(self, retry_after: float | None) -> None:
-        pass
-
-    def on_success(self) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {}
-
-    async def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,7 +269,7 @@ def harvest_level(state: dict[str, Any], spec, aws) -> None:
     store, ledger, _ = aws
     for batch in store.get_json(state["level"]["manifest_key"]):
         asyncio.run(harvest_batch(spec, state["run"], state["level"]["index"], batch, store=store, ledger=ledger,
-                                  limiter=NoLimiter(), secret=KEY, time_budget=60))
+                                  limiter=limiter_for("mini", None, 0), secret=KEY, time_budget=60))
 
 
 def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor, tmp_path, monkeypatch, mini_source):
@@ -298,7 +284,8 @@ def test_advance_level_totals_and_next_manifests_through_a_whole_run(aws, vendor
     state = advance_level(state, spec=spec, store=store, ledger=ledger)
     assert state["last_level"] == {"parents": 1, "batches": 1, "calls": 2, "records": 3, "pages": 2, "throttled": 0,
                                    "retries": 0, "failures": 0, "failed_batches": 0,
-                                   "token_wait_seconds": 0, "limiter_writes": 0}
+                                   "token_wait_seconds": 0, "limiter_writes": 0,
+                                   "tokens_expired": 0}
     level = state["level"]
     assert level["index"] == 1 and level["name"] == "warriors" and level["done"] is False
     assert level["manifest_key"] == "runs/mini/r1/manifests/1.json"
@@ -344,7 +331,7 @@ def test_advance_level_counts_a_batch_that_never_wrote_as_failed(aws, vendor, tm
     state = advance_level(state, spec=spec, store=store, ledger=ledger)
     # level 1 has two batches; only the first one runs (the second died before writing anything)
     first = store.get_json(state["level"]["manifest_key"])[0]
-    asyncio.run(harvest_batch(spec, state["run"], 1, first, store=store, ledger=ledger, limiter=NoLimiter(),
+    asyncio.run(harvest_batch(spec, state["run"], 1, first, store=store, ledger=ledger, limiter=limiter_for("mini", None, 0),
                               secret=KEY, time_budget=60))
     state = advance_level(state, spec=spec, store=store, ledger=ledger)
     assert state["last_level"]["batches"] == 2 and state["last_level"]["failed_batches"] == 1

@@ -19,6 +19,7 @@ from harvester.ledger import Ledger, batch_sk, create_table_kwargs, expires_at
 from harvester.spec import SourceSpec, parse_spec
 from harvester.vendor.faults import FaultConfig, FaultRule
 from harvester.vendor.server import VendorServer
+from harvester.ratelimit import limiter_for
 from harvester.worker import BatchFailed, BatchIncomplete, child_batch_id, harvest_batch, parent_key
 
 KEY = "worker-key"
@@ -26,24 +27,6 @@ BUCKET = "harvest-test"
 SOURCE = "test"
 
 
-class NoLimiter:
-    def __init__(self) -> None:
-        self.acquired = 0
-
-    async def acquire(self) -> None:
-        self.acquired += 1
-
-    def on_throttle(self, retry_after: float | None) -> None:
-        pass
-
-    def on_success(self) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {"acquired": self.acquired}
-
-    async def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -93,7 +76,7 @@ def troop_batch(vendor: VendorServer, batch_id: str = "b1") -> dict[str, Any]:
 
 def harvest(spec, run, level, batch, aws, *, budget: float = 60.0, limiter=None) -> dict[str, Any]:
     store, ledger = aws
-    return asyncio.run(harvest_batch(spec, run, level, batch, store=store, ledger=ledger, limiter=limiter or NoLimiter(),
+    return asyncio.run(harvest_batch(spec, run, level, batch, store=store, ledger=ledger, limiter=limiter or limiter_for(SOURCE, None, 0),
                                      secret=KEY, time_budget=budget))
 
 
@@ -180,10 +163,10 @@ def test_rerunning_a_succeeded_batch_is_skipped(vendor, aws):
     harvest(spec, make_run(), 1, troop_batch(vendor), aws)
     before = {k: store.s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in store.list_keys("")}
     vendor.reset_stats()
-    limiter = NoLimiter()
+    limiter = limiter_for(SOURCE, None, 0)
     result = harvest(spec, make_run(), 1, troop_batch(vendor), aws, limiter=limiter)
     assert result == {"batch_id": "b1", "status": "SUCCEEDED", "skipped": True}
-    assert vendor.stats().requests == 0 and limiter.acquired == 0
+    assert vendor.stats().requests == 0 and limiter.stats()["tokens_granted"] == 0
     assert {k: store.s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in store.list_keys("")} == before
 
 
@@ -268,7 +251,7 @@ def test_an_auth_failure_stops_the_batch(vendor, aws):
     spec = make_spec(vendor, max_in_flight=1)
     with pytest.raises(BatchFailed) as info:
         asyncio.run(harvest_batch(spec, make_run(), 1, troop_batch(vendor), store=aws[0], ledger=aws[1],
-                                  limiter=NoLimiter(), secret="wrong", time_budget=60))
+                                  limiter=limiter_for(SOURCE, None, 0), secret="wrong", time_budget=60))
     assert "check the credential" in str(info.value) and "5 parents left for a resume" in str(info.value)
     assert vendor.stats().unauthorized == 1  # the other parents were not tried
     assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "FAILED"
@@ -311,7 +294,7 @@ def test_a_long_list_cut_by_the_deadline_continues_from_its_next_page(aws):
         while True:
             invocations += 1
             try:
-                asyncio.run(harvest_batch(spec, run, 1, batch, store=store, ledger=ledger, limiter=NoLimiter(),
+                asyncio.run(harvest_batch(spec, run, 1, batch, store=store, ledger=ledger, limiter=limiter_for(SOURCE, None, 0),
                                           secret=KEY, time_budget=0.25))
                 break
             except BatchIncomplete:
