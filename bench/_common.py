@@ -79,8 +79,10 @@ class Vendor:
     def counts(self) -> dict[str, int]:
         return self.http.get("/_admin/counts").json()
 
-    def times(self, clear: bool = False) -> list[tuple[float, int]]:
-        return [tuple(x) for x in self.http.get("/_bench/times", params={"clear": "1"} if clear else {}).json()]
+    def times(self, clear: bool = False, levels: bool = False) -> list[tuple]:
+        """(arrival time, status) of every /v1 request; with ``levels``, (time, status, level)."""
+        raw = self.http.get("/_bench/times", params={"clear": "1"} if clear else {}).json()
+        return [tuple(x) if levels else (x[0], x[1]) for x in raw]
 
     def reset(self) -> None:
         """Zero the books and the clock; refill the rate-limit bucket (a fresh start for the next client)."""
@@ -142,6 +144,25 @@ def window_figures(times: list[tuple[float, int]], rate: float | None, burst: in
     return out
 
 
+def level_phases(times: list[tuple[float, int, str]]) -> list[dict[str, Any]]:
+    """Per level, in order of the first request: when its requests started and ended (seconds from the first
+    request of all), how many, and the idle gap before it (time since the previous level's last request)."""
+    if not times:
+        return []
+    t0 = min(t for t, _, _ in times)
+    spans: dict[str, list[float]] = {}
+    for t, _, level in times:
+        spans.setdefault(level, []).append(t)
+    out, prev_end = [], None
+    for level, ts in sorted(spans.items(), key=lambda kv: min(kv[1])):
+        first, last = min(ts), max(ts)
+        out.append({"level": level, "calls": len(ts), "start": round(first - t0, 2), "end": round(last - t0, 2),
+                    "rate": round(len(ts) / (last - first), 1) if last > first else None,
+                    "gap_before": None if prev_end is None else round(first - prev_end, 2)})
+        prev_end = last if prev_end is None else max(prev_end, last)
+    return out
+
+
 def rate_timeline(times: list[tuple[float, int]]) -> list[int]:
     """Requests per calendar second, first to last."""
     ts = sorted(int(t) for t, _ in times)
@@ -199,6 +220,10 @@ def write_spec(folder: Path, name: str, vendor_url: str, rate: float | None, *, 
     return path
 
 
+#: fetch worker processes of the local engine (0: every handler in the engine's own process)
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", "8"))
+
+
 def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: float = 3600,
              keep: Path | None = None) -> dict[str, Any]:
     """``executions`` executions of the spec started together on one local engine (so they share the moto
@@ -213,7 +238,7 @@ def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: f
     runs = []
     quiet = _Quiet()  # the handlers' log and metric lines (stdout) would bury the figures
     try:
-        with quiet, LocalEngine(state) as engine:
+        with quiet, LocalEngine(state, processes=PROCESSES) as engine:
             engine.add_source(spec_path, spec)
             t0 = time.time()
             arns = [engine.start({"source": spec.name}) for _ in range(executions)]

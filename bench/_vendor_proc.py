@@ -2,7 +2,7 @@
 
 Same arguments and the same first output line as ``python -m harvester.vendor``. The vendor's own books
 (``/_stats``) count per calendar second; the benchmarks also want the exact arrival time of every request
-(first-to-last span, sliding 1-second windows), so this wrapper records ``(time.time(), status)`` when each
+(first-to-last span, sliding 1-second windows), so this wrapper records ``(time.time(), status, level)`` when each
 /v1 request arrives (the moment the vendor takes its rate-limit token) and serves the list at
 ``GET /_bench/times`` (``?clear=1`` empties it). Nothing else changes: the request pipeline is the vendor's.
 """
@@ -17,7 +17,7 @@ from aiohttp import web
 from harvester.vendor import __main__ as vendor_main
 from harvester.vendor import server
 
-TIMES: list[tuple[float, int]] = []
+TIMES: list[tuple[float, int, str]] = []
 
 _handle = server.VendorApp._handle
 _build_app = server.VendorApp._build_app
@@ -26,7 +26,9 @@ _build_app = server.VendorApp._build_app
 async def _timed_handle(self, request, route, lister):
     t = time.time()
     response = await _handle(self, request, route, lister)
-    TIMES.append((round(t, 6), response.status))
+    # the level a request belongs to: the last alphabetic path segment (/v1/datagroups/g1/points -> points)
+    level = next((p for p in reversed(request.path.split("/")) if p.isalpha()), "")
+    TIMES.append((round(t, 6), response.status, level))
     return response
 
 

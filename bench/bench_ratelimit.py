@@ -63,7 +63,8 @@ def row(case: str, who: str, limit, latency, fig: dict, wall: float | None, chk:
 
 def ours_row(case: str, vendor: c.Vendor, spec: Path, limit, latency, results: dict, executions: int = 1):
     res = c.run_ours(spec, vendor, executions=executions)
-    times = vendor.times(clear=True)
+    with_levels = vendor.times(clear=True, levels=True)
+    times = [(t, s) for t, s, _ in with_levels]
     fig = c.window_figures(times, limit)
     run = res["runs"][0]
     chk = run["check"]
@@ -76,7 +77,7 @@ def ours_row(case: str, vendor: c.Vendor, spec: Path, limit, latency, results: d
               limiter_writes=sum(r["limiter_writes"] for r in res["runs"]))
     results["raw"].append({"case": case, "who": out["who"], "figures": fig, "ours": res,
                            "vendor_stats": _brief(vendor.stats()),
-                           "per_second": c.rate_timeline(times)})
+                           "per_second": c.rate_timeline(times), "phases": c.level_phases(with_levels)})
     return out, res, times
 
 

@@ -2,7 +2,9 @@
 
 - the definitions are `statemachines/harvest.asl.json` and `statemachines/query.asl.json` after the
   substitutions CDK makes (same keys);
-- Lambda tasks are dispatched in-process to the real handlers in `lambdas/`;
+- Lambda tasks are dispatched to the real handlers in `lambdas/`: in-process, or, with `processes=N`, the fetch
+  handler in a pool of N worker processes (harvester/local/workers.py) that reach moto over HTTP, so each fetch
+  worker has a CPU of its own as on Lambda (what `harvest run --local` and `harvest demo` use);
 - S3, DynamoDB (and Secrets Manager) are moto's, in memory; `LocalState` mirrors them to a folder after every
   command and loads them back before the next, so a failed or interrupted run can be resumed later.
 """
@@ -30,6 +32,7 @@ import boto3
 from harvester import definition
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import moto_patches
+from harvester.local.workers import WorkerPool
 from harvester.spec import SourceSpec
 
 REGION = "us-east-1"
@@ -90,17 +93,25 @@ class FakeContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-class Dispatcher:
-    """Routes a Lambda ARN to the real handler; counts invocations (tests read them)."""
+#: the functions a worker pool runs when the engine has one (the fan-out workers; the others run in-process)
+POOLED = ("fetch",)
 
-    def __init__(self):
+
+class Dispatcher:
+    """Routes a Lambda ARN to the real handler, in-process or in the worker pool; counts invocations (tests read
+    them)."""
+
+    def __init__(self, pool: WorkerPool | None = None):
         self.handlers: dict[str, tuple[Callable, float]] = {}
+        self.targets: dict[str, str] = {}
         self.invocations: dict[str, int] = {}
+        self.pool = pool
         self._lock = threading.Lock()
         self.hooks: list[Callable[[str, dict], None]] = []  # tests inject faults here (e.g. a killed worker)
         for name, (target, timeout) in FUNCTIONS.items():
             module, func = target.split(":")
             self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
+            self.targets[function_arn(name)] = target
 
     def __call__(self, arn: str, event: dict) -> Any:
         handler, timeout = self.handlers[arn]
@@ -109,6 +120,8 @@ class Dispatcher:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
             hook(name, event)
+        if self.pool is not None and name.removeprefix("harvester-") in POOLED:
+            return self.pool.invoke(self.targets[arn], name, timeout, event)
         return handler(event, FakeContext(name, timeout))
 
 
@@ -166,9 +179,11 @@ def _decimal(value: Any) -> Any:
 class LocalEngine:
     """Context manager: moto up, patches in, bucket/table/state machine created, state loaded; saved on exit."""
 
-    def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True):
+    def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
+                 processes: int = 0):
         self.state = LocalState(Path(state_dir))
         self.batch_seconds = batch_seconds
+        self.processes = processes
         self.quiet = quiet
         self._stack = ExitStack()
         self._sources_dir = Path(tempfile.mkdtemp(prefix="harvester-sources-"))
@@ -205,7 +220,18 @@ class LocalEngine:
         # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
         warnings.filterwarnings("ignore", module="aws_lambda_powertools")
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the executor logs every caught error at length
-        self.dispatcher = Dispatcher()
+        pool = None
+        if self.processes:
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # shares mock_aws's state
+            server.start()
+            self._stack.callback(server.stop)
+            host, port = server.get_host_and_port()
+            pool = WorkerPool(self.processes, f"http://{host}:{port}")
+            self._stack.callback(pool.close)  # runs before server.stop: workers finish their writes first
+        self.dispatcher = Dispatcher(pool)
         moto_patches.install_all(self.dispatcher)
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)

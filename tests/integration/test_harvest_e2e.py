@@ -4,6 +4,7 @@ vendor on 127.0.0.1. Every test compares the output with the vendor's own books.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -170,3 +171,29 @@ def test_permanent_404_is_recorded_and_a_resume_fetches_only_what_is_missing(ven
     expected = 1 + sum(-(-vendor.data.point_count(g["id"]) // 40) or 1 for g in victim_groups)
     assert vendor.stats().requests == expected
     assert run["attempt_calls"] == {"1": first_calls, "2": expected}
+
+
+def test_fetch_workers_in_their_own_processes(vendor_factory, tmp_path):
+    """`processes=N` (what `harvest run --local` and `harvest demo` use): the fetch handler runs in worker
+    processes that reach moto over HTTP; the run is the same, every record once, and the shared limiter's bucket
+    item (written by the workers) is in the table the engine sees."""
+    from harvester.local.engine import LocalEngine
+    from harvester.ratelimit import bucket_key
+    from harvester.spec import load_spec
+
+    vendor = vendor_factory(troops=2, warriors_per_troop=5, datagroups_per_warrior=3, points_per_datagroup=50,
+                            rate=200, burst=10)
+    path = write_spec(tmp_path, vendor, demo_levels(), name="procs", rate_limit={"requests_per_second": 150, "burst": 10})
+    with LocalEngine(tmp_path / "state", processes=2) as engine:
+        spec = load_spec(path)
+        engine.add_source(path, spec)
+        desc = engine.run({"source": spec.name, "run_id": "p1"}, timeout=300)
+        assert desc["status"] == "SUCCEEDED", desc.get("cause")
+        workers = engine.dispatcher.pool.pids()
+        assert workers and all(pid != os.getpid() for pid in workers)
+        assert_complete(harvested(engine, spec, "p1"), vendor)
+        run = engine.ledger.get_run(spec.name, "p1")
+        assert run["totals"]["calls"] == vendor.stats().requests
+        bucket = engine.table.get_item(Key=bucket_key(spec.name))["Item"]
+        assert int(bucket["tokens_leased"]) >= vendor.stats().requests
+    assert vendor.stats().seconds_over() == 0
