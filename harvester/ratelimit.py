@@ -422,6 +422,10 @@ class DynamoBucket:
             conflicts += 1
             if s is not None and cur is not None and cur["tat"] != s["tat"]:
                 self._others_active = True
+            elif p["kind"] == "append":
+                # the guess "busy" was wrong: nobody moved tat, the schedule is idle; guessing again would fail
+                # again (until tat is a second old): a livelock of failed writes, seen at 200 r/s with burst 5
+                self._others_active = False
             s = cur if cur is not None else self.read()
             if conflicts > 5:  # heavy contention: back off a little, with jitter
                 time.sleep(random.uniform(0, 0.001 * min(conflicts, 20)))

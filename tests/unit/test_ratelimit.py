@@ -509,3 +509,21 @@ def test_expect_keeps_leases_within_the_known_work(table):
     ratelimit.reset_local_buckets()
     free = asyncio.run(calls(limiter_for("nohint", 100, 5, table=table), 30, False))
     assert free["tokens_granted"] == 30 and free["tokens_leased"] > 30
+
+
+def test_idle_schedule_after_others_leased_is_not_a_retry_storm(table):
+    """A worker that has seen others lease guesses the schedule is busy and appends; when the schedule has gone
+    idle meanwhile (at 200 r/s with burst 5 there is no burst credit: idle at once) the guess fails and must not
+    be repeated: it was a livelock of failed conditional writes for up to a second."""
+    a = limiter_for("idle", 200, 5, table=table)
+    b = limiter_for("idle", 200, 5, table=table)
+    a.expect(0)  # lease exactly what is asked for
+    b.expect(0)
+    for lim in (a, b, a):  # a sees that b moved the schedule
+        asyncio.run(lim.acquire())
+    time.sleep(0.2)
+    before = a.stats()["lease_conflicts"]
+    started = time.perf_counter()
+    asyncio.run(a.acquire())
+    assert a.stats()["lease_conflicts"] - before <= 1
+    assert time.perf_counter() - started < 0.3
