@@ -189,14 +189,14 @@ def bench_levels() -> list[dict[str, Any]]:
          "pagination": {"type": "page_number", "page_param": "page", "size_param": "per_page", "size": 50,
                         "total_path": "total"}},
         {"name": "warriors", "alias": "warrior", "path": "/troops/{troop.id}/warriors", "records": "items",
-         "primary_key": "id", "batch_size": 10,
+         "primary_key": "id",
          "pagination": {"type": "offset", "offset_param": "offset", "limit_param": "limit", "limit": 50,
                         "total_path": "total"}},
         {"name": "datagroups", "alias": "datagroup", "path": "/warriors/{warrior.id}/datagroups",
-         "records": "results", "primary_key": "id", "batch_size": 20,
+         "records": "results", "primary_key": "id",
          "pagination": {"type": "cursor", "cursor_param": "cursor", "cursor_path": "next_cursor",
                         "size_param": "limit", "size": 50}},
-        {"name": "points", "path": "/datagroups/{datagroup.id}/points", "batch_size": 20,
+        {"name": "points", "path": "/datagroups/{datagroup.id}/points",
          "pagination": {"type": "link_header", "size_param": "limit", "size": 100}, "time_field": "ts"},
     ]
 

@@ -47,12 +47,18 @@ def execute(
     timeout: float,
     batch_seconds: float | None = None,
     audit: bool = True,
+    processes: int | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], float]:
-    """Run one execution of the workflow locally; returns (run item, execution description, seconds)."""
+    """Run one execution of the workflow locally; returns (run item, execution description, seconds).
+
+    ``processes``: fetch worker processes (default: the spec's max_concurrency, at most MAX_PROCESSES, so a level's
+    Map never waits for a free worker; 0: every handler in this process)."""
     from harvester.local.engine import LocalEngine
     from harvester.local.report import Progress, audit as audit_run, summary_lines
 
-    with LocalEngine(state, batch_seconds=batch_seconds) as engine:
+    if processes is None:
+        processes = min(spec.max_concurrency, MAX_PROCESSES)
+    with LocalEngine(state, batch_seconds=batch_seconds, processes=processes) as engine:
         if spec_path is not None:
             engine.add_source(spec_path, spec)
         else:  # resume with the spec the run was planned with
@@ -91,7 +97,8 @@ def cmd_run(args) -> int:
     execution_input: dict[str, Any] = {"source": spec.name}
     if args.run_id:
         execution_input["run_id"] = args.run_id
-    run, desc, _ = execute(spec, Path(args.spec), execution_input, args.state, timeout=args.timeout)
+    run, desc, _ = execute(spec, Path(args.spec), execution_input, args.state, timeout=args.timeout,
+                           processes=args.processes)
     return 0 if desc["status"] == "SUCCEEDED" else 1
 
 
@@ -100,7 +107,8 @@ def cmd_resume(args) -> int:
         spec, path = load_spec(args.spec), Path(args.spec)
     else:
         spec, path = _stored_spec(args.state, args.run_id), None
-    run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state, timeout=args.timeout)
+    run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state, timeout=args.timeout,
+                           processes=args.processes)
     return 0 if desc["status"] == "SUCCEEDED" else 1
 
 
@@ -305,13 +313,22 @@ def cmd_vendor(args) -> int:
     return vendor_main(args.vendor_args) or 0
 
 
+#: the most fetch worker processes a local run starts by default (each is a Python process of ~70 MB)
+MAX_PROCESSES = 8
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harvest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, timeout=3600.0):
+    def common(sp, timeout=3600.0, workers=True):
         sp.add_argument("--state", type=Path, default=DEFAULT_STATE, help="folder kept between commands (bucket mirror + ledger)")
         sp.add_argument("--timeout", type=float, default=timeout, help="seconds before the local execution is stopped")
+        if not workers:
+            return
+        sp.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="fetch workers as N processes, like Lambda containers (default: the spec's "
+                             f"max_concurrency, at most {MAX_PROCESSES}; 0: all in this process)")
 
     r = sub.add_parser("run", help="run the workflow for a source spec")
     r.add_argument("--local", action="store_true", required=True, help="run on this machine (moto); the only mode so far")
@@ -370,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--query-file", help="a query as JSON (the query workflow's input); the options above override it")
     q.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     q.add_argument("--print-query", action="store_true", help="print the query sent to the workflow first")
-    common(q, timeout=600.0)
+    common(q, timeout=600.0, workers=False)
     q.set_defaults(func=cmd_query)
 
     v = sub.add_parser("vendor", help="run the simulated vendor on its own (see --help of it)", add_help=False)

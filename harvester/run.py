@@ -158,7 +158,7 @@ def _level_state(spec: SourceSpec, index: int, manifest_key: str, manifest: list
         "manifest_key": manifest_key,
         "batches": len(manifest),
         "parents": sum(len(item["parents"]) for item in manifest),
-        "max_concurrency": max(1, min(spec.max_concurrency, len(manifest))),
+        "max_concurrency": max(1, min(spec.workers(), len(manifest))),
         "done": False,
     }
 

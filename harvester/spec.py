@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -108,6 +109,13 @@ Pagination = Annotated[
     Field(discriminator="type"),
 ]
 
+#: automatic batch size (a level without `batch_size`): seconds of calls per batch at one worker's share of the
+#: rate, and its bounds; without a rate limit, a fixed size
+BATCH_SECONDS = 30
+AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_UNLIMITED = 10, 500, 100
+#: calls/s one fetch worker (one vCPU) sustains with room to spare, and the fewest workers a rate-limited level runs
+RATE_PER_WORKER, MIN_WORKERS = 100, 2
+
 COLUMN_TYPES = re.compile(r"^(string|int64|float64|bool|timestamp\[(s|ms|us|ns)\]|decimal\(\d+,\s*\d+\))$")
 
 
@@ -156,7 +164,8 @@ class Level(_Model):
     records: str = "$"
     primary_key: list[str] | None = None
     pagination: Pagination = Field(default_factory=lambda: NoPagination(type="none"))
-    batch_size: int = Field(25, gt=0, le=1000)
+    # parents per Map item (one fetch invocation); None: sized from the rate limit, see SourceSpec.batch_size
+    batch_size: int | None = Field(None, gt=0, le=1000)
     time_field: str | None = None
     types: dict[str, str] = Field(default_factory=dict)
 
@@ -197,6 +206,33 @@ class SourceSpec(_Model):
     ttl_days: int = Field(90, ge=1)
     schedule: Schedule | None = None
     levels: list[Level] = Field(min_length=1)
+
+    def workers(self) -> int:
+        """Fetch workers a level runs at once (the Map's MaxConcurrency, at most as many as it has batches):
+        enough for the rate limit, no more, since a worker waiting for tokens is Lambda time paid for nothing.
+        A worker keeps rate x latency calls in flight (Little's law), so latency needs lanes, not workers; what
+        bounds one worker is the CPU its calls take (RATE_PER_WORKER); at least two, so that while one starts or
+        ends a batch the other keeps the rate. Without a limit, or when the spec's `max_concurrency` is lower:
+        `max_concurrency`."""
+        if not self.rate_limit:
+            return self.max_concurrency
+        needed = max(MIN_WORKERS, math.ceil(self.rate_limit.requests_per_second / RATE_PER_WORKER))
+        return min(self.max_concurrency, needed)
+
+    def batch_size(self, index: int) -> int:
+        """Parents per Map item at level ``index``: the level's ``batch_size``, or, when it is not set, about
+        BATCH_SECONDS of calls at one worker's share of the rate limit (one call per parent assumed), within
+        [AUTO_BATCH_MIN, AUTO_BATCH_MAX]. Every batch has a fixed cost (an invocation, the checkpoint and ledger
+        writes, a Map item) and a worker that ends a batch leaves the rate to the others for a moment, so a
+        batch should last long against that; a batch's records are held in memory until written, which caps
+        it. Without a rate limit: AUTO_BATCH_UNLIMITED."""
+        level = self.levels[index]
+        if level.batch_size:
+            return level.batch_size
+        if not self.rate_limit:
+            return AUTO_BATCH_UNLIMITED
+        share = self.rate_limit.requests_per_second / self.workers()
+        return max(AUTO_BATCH_MIN, min(AUTO_BATCH_MAX, math.ceil(share * BATCH_SECONDS)))
 
     @field_validator("base_url")
     @classmethod

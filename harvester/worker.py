@@ -22,7 +22,7 @@ from harvester.spec import SourceSpec
 from harvester.template import lookup
 
 MAX_IN_FLIGHT = 64  # connections one worker keeps open at most
-START_IN_FLIGHT = 4
+START_IN_FLIGHT = 8  # before any latency is known; calls waiting for a token cost nothing
 
 
 def lanes_needed(rate_share: float | None, latency: float, cap: int) -> int:
@@ -128,7 +128,7 @@ async def harvest_batch(
     margin = min(30.0, 0.1 * time_budget)
     # requests in flight: fixed by the spec, or sized from this worker's share of the rate and the latency seen
     cap = spec.max_in_flight or MAX_IN_FLIGHT
-    workers = workers or spec.max_concurrency  # batches of this level running at once
+    workers = workers or spec.workers()  # batches of this level running at once
     rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
     in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
     fetched: dict[str, list[Any]] = {}
@@ -232,7 +232,7 @@ async def harvest_batch(
         if records:
             written = store.put_records(storage.raw_key(source, run_id, level.name, batch_id, part), records)
         if children:
-            size = spec.levels[level_index + 1].batch_size
+            size = spec.batch_size(level_index + 1)
             items = []
             for chunk, start in enumerate(range(0, len(children), size)):
                 cid = child_batch_id(batch_id, part, chunk)

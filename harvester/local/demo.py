@@ -43,7 +43,8 @@ def run_demo(args) -> int:
         truth = vendor.data.counts()
         print(f"simulated vendor on {vendor.url}: {truth} records, limit {vendor.config.rate} r/s "
               f"(burst {vendor.config.burst}), latency {args.latency_ms} ms", file=sys.stderr, flush=True)
-        run, desc, seconds = execute(spec, args.spec, {"source": spec.name}, args.state, timeout=args.timeout, audit=False)
+        run, desc, seconds = execute(spec, args.spec, {"source": spec.name}, args.state, timeout=args.timeout, audit=False,
+                                     processes=args.processes)
         stats = vendor.stats()
         data = vendor.data
         start = data.config.start

@@ -229,8 +229,9 @@ class LocalEngine:
             server.start()
             self._stack.callback(server.stop)
             host, port = server.get_host_and_port()
-            pool = WorkerPool(self.processes, f"http://{host}:{port}")
+            pool = WorkerPool(self.processes, f"http://{host}:{port}", [FUNCTIONS[name][0] for name in POOLED])
             self._stack.callback(pool.close)  # runs before server.stop: workers finish their writes first
+            pool.start()
         self.dispatcher = Dispatcher(pool)
         moto_patches.install_all(self.dispatcher)
         self.s3 = boto3.client("s3", region_name=REGION)

@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -44,14 +45,31 @@ class RemoteError(Exception):
         self.stack = stack
 
 
-def _init_worker(env: dict[str, str]) -> None:
-    os.environ.update(env)
+def _init_worker(endpoint: str) -> None:
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # as in the engine's process: module-level Powertools objects warn about re-added dimensions when metrics are
+    # disabled locally (nothing flushes them)
+    warnings.filterwarnings("ignore", module="aws_lambda_powertools")
 
 
-def _invoke(target: str, name: str, timeout: float, event: dict[str, Any]) -> tuple[str, Any]:
+def _warm(targets: list[str]) -> int:
+    """Import the handlers (a warm container); returns the worker's pid."""
+    import harvester.local.engine  # noqa: F401, PLC0415 - FakeContext
+
+    for target in targets:
+        importlib.import_module(target.split(":")[0])
+    return os.getpid()
+
+
+def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: dict[str, str]) -> tuple[str, Any]:
     from harvester.local.engine import FakeContext  # noqa: PLC0415 - the worker imports only what it runs
 
+    # the engine's environment at the time of the call (a spec's credential variable may be set after the pool
+    # started), the way a function's configuration reaches a Lambda container
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    os.environ.update(env)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
     module, func = target.split(":")
     handler = getattr(importlib.import_module(module), func)
     try:
@@ -63,24 +81,30 @@ def _invoke(target: str, name: str, timeout: float, event: dict[str, Any]) -> tu
 class WorkerPool:
     """Runs handlers in up to `size` worker processes that talk to moto at `endpoint`."""
 
-    def __init__(self, size: int, endpoint: str):
+    def __init__(self, size: int, endpoint: str, targets: list[str]):
         self.size = size
         self.endpoint = endpoint
+        self.targets = targets
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
-        # started at the first invocation, so the workers get the environment of the run (API keys included)
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(PRELOAD)
-            env = {k: v for k, v in os.environ.items()} | {"AWS_ENDPOINT_URL": self.endpoint}
             self._pool = ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(env,))
+                                             initargs=(self.endpoint,))
         return self._pool
+
+    def start(self) -> None:
+        """Start every worker and import the handlers now (warm containers): a worker that starts in the middle
+        of a level would hold its share of the rate for its start-up time."""
+        pool = self._executor()
+        for future in [pool.submit(_warm, self.targets) for _ in range(self.size)]:
+            future.result()
 
     def invoke(self, target: str, name: str, timeout: float, event: dict[str, Any]) -> Any:
         try:
-            status, value = self._executor().submit(_invoke, target, name, timeout, event).result()
+            status, value = self._executor().submit(_invoke, target, name, timeout, event, dict(os.environ)).result()
         except BrokenProcessPool as exc:
             broken, self._pool = self._pool, None  # a worker died: the next invocation gets a fresh pool
             if broken is not None:
