@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from harvester import paginate, storage
-from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime
+from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime, ssl_context
 from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
 from harvester.template import lookup
@@ -141,7 +141,8 @@ async def harvest_batch(
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
     async with httpx.AsyncClient(
-        timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True
+        timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True,
+        verify=ssl_context(),
     ) as http:
         # calls may start until shortly before the deadline (a call in flight is bounded by the read timeout)
         fetcher = Fetcher(spec, http, limiter, secret, deadline - min(1.0, 0.05 * time_budget))

@@ -56,9 +56,11 @@ def _init_worker(endpoint: str) -> None:
 def _warm(targets: list[str]) -> int:
     """Import the handlers (a warm container); returns the worker's pid."""
     import harvester.local.engine  # noqa: F401, PLC0415 - FakeContext
+    from harvester.client import ssl_context  # noqa: PLC0415
 
     for target in targets:
         importlib.import_module(target.split(":")[0])
+    ssl_context()  # what a warm container built on its first invocation
     return os.getpid()
 
 
