@@ -114,7 +114,7 @@ Pagination = Annotated[
 BATCH_SECONDS = 30
 AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_UNLIMITED = 10, 500, 100
 #: calls/s one fetch worker (one vCPU) sustains with room to spare, and the fewest workers a rate-limited level runs
-RATE_PER_WORKER, MIN_WORKERS = 100, 2
+RATE_PER_WORKER, MIN_WORKERS = 50, 2
 
 COLUMN_TYPES = re.compile(r"^(string|int64|float64|bool|timestamp\[(s|ms|us|ns)\]|decimal\(\d+,\s*\d+\))$")
 
