@@ -81,7 +81,8 @@ def install_lambda_dispatch(dispatch) -> None:
                 "Payload": {
                     "errorType": getattr(exc, "error_type", type(exc).__name__),
                     "errorMessage": str(exc),
-                    "stackTrace": traceback.format_tb(exc.__traceback__)[-4:],
+                    # a worker process's error carries the stack from that process
+                    "stackTrace": getattr(exc, "stack", None) or traceback.format_tb(exc.__traceback__)[-4:],
                 },
             }
         # a JSON round trip, as Lambda serialises the result (tuples become lists, no Python objects leak)

@@ -197,3 +197,37 @@ def test_fetch_workers_in_their_own_processes(vendor_factory, tmp_path):
         bucket = engine.table.get_item(Key=bucket_key(spec.name))["Item"]
         assert int(bucket["tokens_leased"]) >= vendor.stats().requests
     assert vendor.stats().seconds_over() == 0
+
+
+def test_a_worker_process_that_dies_fails_its_batch_and_a_resume_finishes_it(vendor_factory, tmp_path):
+    """Every fetch worker process is killed (SIGKILL, as an out-of-memory kill) as the points level starts: its
+    invocations fail with Runtime.ExitError, as Lambda reports a runtime that exited; the failed batches are in
+    the ledger, the next invocations get fresh workers, and a resume harvests what is missing, nothing twice."""
+    import signal
+
+    from harvester.local.engine import LocalEngine
+    from harvester.spec import load_spec
+
+    vendor = vendor_factory(troops=2, warriors_per_troop=4, datagroups_per_warrior=3, points_per_datagroup=50)
+    path = write_spec(tmp_path, vendor, demo_levels(), name="dies")
+    with LocalEngine(tmp_path / "state", processes=2) as engine:
+        spec = load_spec(path)
+        engine.add_source(path, spec)
+        killed: list[int] = []
+
+        def kill_workers(name: str, event: dict) -> None:
+            if name.endswith("fetch") and event["level"] == 3 and not killed:
+                for pid in engine.dispatcher.pool.pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+        engine.dispatcher.hooks.append(kill_workers)
+        desc = engine.run({"source": spec.name, "run_id": "k1"}, timeout=300)
+        assert killed and desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete"
+        failed = [b for b in engine.ledger.batches(spec.name, "k1", 3) if b.get("status") == "FAILED"]
+        assert failed and all(b["error"] == "Runtime.ExitError" for b in failed)
+        assert not set(engine.dispatcher.pool.pids()) & set(killed)  # fresh workers after the deaths
+
+        desc = engine.run({"source": spec.name, "resume": "k1"}, timeout=300)
+        assert desc["status"] == "SUCCEEDED", desc.get("cause")
+        assert_complete(harvested(engine, spec, "k1"), vendor)
