@@ -22,6 +22,7 @@ from harvester.spec import SourceSpec
 from harvester.template import lookup
 
 MAX_IN_FLIGHT = 64  # connections one worker keeps open at most
+PROGRESS_SECONDS = 5.0  # a running batch writes its figures so far to the ledger this often
 START_IN_FLIGHT = 8  # before any latency is known; calls waiting for a token cost nothing
 
 
@@ -194,9 +195,28 @@ async def harvest_batch(
             while sum(not task.done() for task in lanes) < min(want, queue.qsize()):
                 lanes.append(asyncio.create_task(lane()))
 
+        async def report_progress() -> None:
+            """The ledger shows a long batch moving (calls, records, 429s so far), not only when it ends."""
+            prior_calls = sum(ck["calls_by_attempt"].values())
+            while True:
+                await asyncio.sleep(PROGRESS_SECONDS)
+                now = fetcher.stats
+                fields = {"status": "RUNNING", "parents": len(parents), "done_parents": len(done) + len(fetched),
+                          "calls": prior_calls + now.calls, "throttled": ck["throttled"] + now.throttled,
+                          "records": ck["records"] + sum(len(v) for v in fetched.values()), "last_attempt": attempt}
+                try:
+                    await asyncio.to_thread(ledger.put_progress, source, run_id, level_index, batch_id, fields, ttl)
+                except Exception:  # noqa: BLE001 - progress is informative; the batch's own writes are what count
+                    pass
+
+        progress = asyncio.create_task(report_progress())
         lanes.extend(asyncio.create_task(lane()) for _ in range(max(1, min(in_flight, len(todo)))))
-        while lanes and not all(task.done() for task in lanes):
-            await asyncio.gather(*lanes)
+        try:
+            while lanes and not all(task.done() for task in lanes):
+                await asyncio.gather(*lanes)
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
         stats = fetcher.stats
 
     # --- turn pages into records and child items -------------------------------------------------------------

@@ -62,9 +62,11 @@ class Progress:
             per_level.setdefault(int(b["level"]), []).append(b)
         parts = []
         for i, level in enumerate(self.spec.levels):
-            done = per_level.get(i, [])
-            if done:
-                parts.append(f"{level.name} {sum(b.get('records', 0) for b in done)} rec/{len(done)} batches")
+            seen = per_level.get(i, [])  # ended batches, and running ones with their figures so far
+            if seen:
+                running = sum(1 for b in seen if b.get("status") == "RUNNING")
+                parts.append(f"{level.name} {sum(b.get('records', 0) for b in seen)} rec/{len(seen) - running} batches"
+                             + (f" (+{running} running)" if running else ""))
         calls = sum(b.get("calls", 0) for b in batches)
         throttled = sum(b.get("throttled", 0) for b in batches)
         failed = sum(1 for b in batches if b.get("status") == "FAILED")

@@ -303,3 +303,39 @@ def test_a_long_list_cut_by_the_deadline_continues_from_its_next_page(aws):
         points = [r["ts"] for k in store.list_keys("raw/") for r in store.read_records(k)]
         assert sorted(points) == [p["ts"] for p in server.data.points(group)]
         assert server.stats().requests == 20  # 60 points / 3 per page: each page once, never restarted
+
+
+class RecordingLedger(Ledger):
+    """The real ledger (moto), remembering the progress it was given."""
+
+    def __init__(self, table) -> None:
+        super().__init__(table)
+        self.progress: list[dict[str, Any]] = []
+
+    def put_progress(self, source, run_id, level, batch_id, fields, ttl) -> bool:
+        written = super().put_progress(source, run_id, level, batch_id, fields, ttl)
+        self.progress.append({**fields, "written": written})
+        return written
+
+
+def test_a_running_batch_shows_its_progress_and_a_late_progress_write_changes_nothing(aws, monkeypatch):
+    import harvester.worker as worker
+
+    monkeypatch.setattr(worker, "PROGRESS_SECONDS", 0.1)
+    store, plain = aws
+    ledger = RecordingLedger(plain.table)
+    with VendorServer(troops=8, warriors_per_troop=3, datagroups_per_warrior=2, variation=0, page_size=2,
+                      api_key=KEY, latency_ms=40) as slow:
+        spec = parse_spec({**make_spec(slow).model_dump(mode="json"), "max_in_flight": 1}, "slow.yaml")
+        result = asyncio.run(harvest_batch(spec, make_run(), 1, troop_batch(slow), store=store, ledger=ledger,
+                                           limiter=limiter_for(SOURCE, None, 0), secret=KEY, time_budget=60))
+    assert result["status"] == "SUCCEEDED"
+    seen = [p for p in ledger.progress if p["written"]]
+    assert len(seen) >= 3 and all(p["status"] == "RUNNING" for p in seen)
+    calls = [p["calls"] for p in seen]
+    assert calls == sorted(calls) and 0 < calls[0] < calls[-1] <= result["calls"]
+    final = ledger.get_batch(SOURCE, "r1", 1, "b1")
+    assert final["status"] == "SUCCEEDED" and final["calls"] == result["calls"]
+    # a progress write that arrives after the batch ended (a slow thread) leaves the final item alone
+    assert ledger.put_progress(SOURCE, "r1", 1, "b1", {"status": "RUNNING", "calls": 1}, expires_at(1)) is False
+    assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "SUCCEEDED"
