@@ -51,13 +51,14 @@ def execute(
 ) -> tuple[dict[str, Any] | None, dict[str, Any], float]:
     """Run one execution of the workflow locally; returns (run item, execution description, seconds).
 
-    ``processes``: fetch worker processes (default: the spec's max_concurrency, at most MAX_PROCESSES, so a level's
-    Map never waits for a free worker; 0: every handler in this process)."""
+    ``processes``: fetch worker processes (default: the workers a level of the spec runs at once,
+    ``SourceSpec.workers()``, at most MAX_PROCESSES, so a level's Map never waits for a free worker; 0: every
+    handler in this process)."""
     from harvester.local.engine import LocalEngine
     from harvester.local.report import Progress, audit as audit_run, summary_lines
 
     if processes is None:
-        processes = min(spec.max_concurrency, MAX_PROCESSES)
+        processes = min(spec.workers(), MAX_PROCESSES)
     with LocalEngine(state, batch_seconds=batch_seconds, processes=processes) as engine:
         if spec_path is not None:
             engine.add_source(spec_path, spec)
@@ -327,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         if not workers:
             return
         sp.add_argument("--processes", type=int, default=None, metavar="N",
-                        help="fetch workers as N processes, like Lambda containers (default: the spec's "
-                             f"max_concurrency, at most {MAX_PROCESSES}; 0: all in this process)")
+                        help="fetch workers as N processes, like Lambda containers (default: the workers a level "
+                             f"runs at once, at most {MAX_PROCESSES}; 0: all in this process)")
 
     r = sub.add_parser("run", help="run the workflow for a source spec")
     r.add_argument("--local", action="store_true", required=True, help="run on this machine (moto); the only mode so far")

@@ -103,7 +103,6 @@ class Dispatcher:
 
     def __init__(self, pool: WorkerPool | None = None):
         self.handlers: dict[str, tuple[Callable, float]] = {}
-        self.targets: dict[str, str] = {}
         self.invocations: dict[str, int] = {}
         self.pool = pool
         self._lock = threading.Lock()
@@ -111,7 +110,6 @@ class Dispatcher:
         for name, (target, timeout) in FUNCTIONS.items():
             module, func = target.split(":")
             self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
-            self.targets[function_arn(name)] = target
 
     def __call__(self, arn: str, event: dict) -> Any:
         handler, timeout = self.handlers[arn]
@@ -120,8 +118,9 @@ class Dispatcher:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
             hook(name, event)
-        if self.pool is not None and name.removeprefix("harvester-") in POOLED:
-            return self.pool.invoke(self.targets[arn], name, timeout, event)
+        short = name.removeprefix("harvester-")
+        if self.pool is not None and short in POOLED:
+            return self.pool.invoke(FUNCTIONS[short][0], name, timeout, event)
         return handler(event, FakeContext(name, timeout))
 
 
