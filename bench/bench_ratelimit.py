@@ -7,7 +7,8 @@ per-request clock), so its CPU does not share the harvester's GIL. The hierarchy
 1,925 datagroups -> 92,690 points = 2,041 calls, every list one page (``--quick``: 346 calls). Cases:
 
 1. limits 10, 50, 200 requests/s (burst 5; the spec declares the same limit) x latencies 0 and 50 ms: the
-   harvester on the local engine (moto), then dlt's rest_api source (bench/.venv-dlt, dlt 1.31.0) on the same
+   harvester on the local engine (moto; fetch workers as 8 processes, ``BENCH_PROCESSES=N`` to change, 0 = all
+   in one process), then dlt's rest_api source (bench/.venv-dlt, dlt 1.31.0) on the same
    vendor after its books and bucket are reset;
 2. two executions of the same source started together on one local engine (they share the moto ledger table,
    so the limiter's bucket item, as two runs on AWS share the DynamoDB item), limit 50;
