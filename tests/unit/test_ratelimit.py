@@ -504,11 +504,13 @@ def test_expect_keeps_leases_within_the_known_work(table):
         await lim.close()
         return st
 
+    # every token leased is used (or expired because a loaded machine woke us too late): none left over
     hinted = asyncio.run(calls(limiter_for("hint", 100, 5, table=table), 30, True))
-    assert hinted["tokens_granted"] == 30 and hinted["tokens_leased"] == 30
+    assert hinted["tokens_granted"] == 30
+    assert hinted["tokens_leased"] - hinted["tokens_expired"] == 30
     ratelimit.reset_local_buckets()
     free = asyncio.run(calls(limiter_for("nohint", 100, 5, table=table), 30, False))
-    assert free["tokens_granted"] == 30 and free["tokens_leased"] > 30
+    assert free["tokens_granted"] == 30 and free["tokens_leased"] - free["tokens_expired"] > 30
 
 
 def test_idle_schedule_after_others_leased_is_not_a_retry_storm(table):
