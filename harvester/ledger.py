@@ -136,9 +136,10 @@ class Ledger:
         self.table.put_item(Item=_dynamo(item))
 
     def put_progress(self, source: str, run_id: str, level: int, batch_id: str, fields: dict[str, Any], ttl: int) -> bool:
-        """A running batch's figures so far (status RUNNING), so the ledger shows a long batch moving. Never
-        overwrites a batch that has ended: a progress write that arrives after the final one changes nothing.
-        Returns whether it was written."""
+        """A running batch's figures so far (status RUNNING, ``last_attempt`` the run attempt it belongs to), so
+        the ledger shows a long batch moving. Never overwrites the end of the same attempt: a progress write that
+        arrives after the final one changes nothing; the end of an earlier attempt (a batch a resume retries)
+        is overwritten. Returns whether it was written."""
         from botocore.exceptions import ClientError
 
         values = {f":{k}": v for k, v in _dynamo({**fields, "batch_id": batch_id, "level": level, TTL_ATTRIBUTE: ttl}).items()}
@@ -147,7 +148,7 @@ class Ledger:
             self.table.update_item(
                 Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: batch_sk(level, batch_id)},
                 UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in (*fields, "batch_id", "level", TTL_ATTRIBUTE)),
-                ConditionExpression="attribute_not_exists(#status) OR #status = :running",
+                ConditionExpression="attribute_not_exists(#status) OR #status = :running OR last_attempt < :last_attempt",
                 ExpressionAttributeNames={**names, "#status": "status"},
                 ExpressionAttributeValues={**values, ":running": "RUNNING"},
             )

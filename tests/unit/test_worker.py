@@ -337,5 +337,9 @@ def test_a_running_batch_shows_its_progress_and_a_late_progress_write_changes_no
     final = ledger.get_batch(SOURCE, "r1", 1, "b1")
     assert final["status"] == "SUCCEEDED" and final["calls"] == result["calls"]
     # a progress write that arrives after the batch ended (a slow thread) leaves the final item alone
-    assert ledger.put_progress(SOURCE, "r1", 1, "b1", {"status": "RUNNING", "calls": 1}, expires_at(1)) is False
+    late = {"status": "RUNNING", "calls": 1, "last_attempt": 1}
+    assert ledger.put_progress(SOURCE, "r1", 1, "b1", late, expires_at(1)) is False
     assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "SUCCEEDED"
+    # the next attempt (a resume) shows its own progress over the end of the earlier one
+    assert ledger.put_progress(SOURCE, "r1", 1, "b1", {**late, "last_attempt": 2}, expires_at(1)) is True
+    assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "RUNNING"
