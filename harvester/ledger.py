@@ -142,15 +142,14 @@ class Ledger:
         is overwritten. Returns whether it was written."""
         from botocore.exceptions import ClientError
 
-        values = {f":{k}": v for k, v in _dynamo({**fields, "batch_id": batch_id, "level": level, TTL_ATTRIBUTE: ttl}).items()}
-        names = {f"#{k}": k for k in (*fields, "batch_id", "level", TTL_ATTRIBUTE)}
+        item = _dynamo({**fields, "batch_id": batch_id, "level": level, TTL_ATTRIBUTE: ttl})
         try:
             self.table.update_item(
                 Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: batch_sk(level, batch_id)},
-                UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in (*fields, "batch_id", "level", TTL_ATTRIBUTE)),
+                UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in item),
                 ConditionExpression="attribute_not_exists(#status) OR #status = :running OR last_attempt < :last_attempt",
-                ExpressionAttributeNames={**names, "#status": "status"},
-                ExpressionAttributeValues={**values, ":running": "RUNNING"},
+                ExpressionAttributeNames={**{f"#{k}": k for k in item}, "#status": "status"},
+                ExpressionAttributeValues={**{f":{k}": v for k, v in item.items()}, ":running": "RUNNING"},
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":

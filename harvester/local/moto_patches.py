@@ -57,6 +57,17 @@ class LambdaKilled(Exception):
     error_type = "Sandbox.Timedout"
 
 
+def lambda_error(exc: BaseException) -> dict:
+    """A handler's error as Lambda reports it (errorType, errorMessage, stackTrace): the type is the exception's
+    `error_type` if it names one (e.g. Sandbox.Timedout), else its class name; an error that already carries the
+    stack of the process it was raised in (a worker process) keeps that stack."""
+    return {
+        "errorType": getattr(exc, "error_type", type(exc).__name__),
+        "errorMessage": str(exc),
+        "stackTrace": getattr(exc, "stack", None) or traceback.format_tb(exc.__traceback__)[-4:],
+    }
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -73,18 +84,9 @@ def install_lambda_dispatch(dispatch) -> None:
         try:
             result = dispatch(parameters["FunctionName"], event)
         except Exception as exc:  # noqa: BLE001 - every error is reported to the state machine
-            return {
-                "StatusCode": 200,
-                "FunctionError": "Unhandled",
-                "ExecutedVersion": "$LATEST",
-                # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
-                "Payload": {
-                    "errorType": getattr(exc, "error_type", type(exc).__name__),
-                    "errorMessage": str(exc),
-                    # a worker process's error carries the stack from that process
-                    "stackTrace": getattr(exc, "stack", None) or traceback.format_tb(exc.__traceback__)[-4:],
-                },
-            }
+            # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+                    "Payload": lambda_error(exc)}
         # a JSON round trip, as Lambda serialises the result (tuples become lists, no Python objects leak)
         return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(json.dumps(result))}
 

@@ -26,11 +26,12 @@ import importlib
 import logging
 import multiprocessing
 import os
-import traceback
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from harvester.local.moto_patches import lambda_error
 
 #: libraries a worker needs, imported once by the forkserver instead of once per worker process
 PRELOAD = ["boto3", "botocore.session", "httpx", "pydantic", "aws_lambda_powertools", "yaml"]
@@ -77,7 +78,8 @@ def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: 
     try:
         return "ok", handler(event, FakeContext(name, timeout))
     except Exception as exc:  # noqa: BLE001 - every error goes back to the state machine, by name
-        return "error", (getattr(exc, "error_type", type(exc).__name__), str(exc), traceback.format_tb(exc.__traceback__)[-4:])
+        report = lambda_error(exc)
+        return "error", (report["errorType"], report["errorMessage"], report["stackTrace"])
 
 
 class WorkerPool:
