@@ -303,6 +303,10 @@ class HarvesterStack(cdk.Stack):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             role=role,
+            # keep every published version when the next deploy publishes a new one: rollback points `live` back at
+            # one. CDK's default for current_version is DESTROY, which deletes the old version on each deploy
+            # (https://docs.aws.amazon.com/cdk/api/v2/docs/aws-cdk-lib.aws_lambda.VersionOptions.html#removalpolicy)
+            current_version_options=lambda_.VersionOptions(removal_policy=cdk.RemovalPolicy.RETAIN),
             environment={
                 "HARVESTER_BUCKET": self.bucket.bucket_name,
                 "HARVESTER_TABLE": self.table.table_name,
@@ -314,8 +318,8 @@ class HarvesterStack(cdk.Stack):
             },
         )
         self._grant(fn, access)
-        # every deploy that changes the function publishes a version (old ones are kept: RETAIN is CDK's default
-        # for versions) and moves `live` to it; the workflow calls `live`, so a rollback is one alias update
+        # every deploy that changes the function publishes a version (old ones are kept, see current_version_options)
+        # and moves `live` to it; the workflow calls `live`, so a rollback is one alias update
         self.aliases[name] = lambda_.Alias(self, f"{cid}LiveAlias", alias_name=LIVE, version=fn.current_version,
                                            description=f"the {name} version the workflow calls")  # fmt: skip
         self.functions[name] = fn

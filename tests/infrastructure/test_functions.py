@@ -51,3 +51,14 @@ def test_outputs(harvester_app):
     for key in ("StateMachineArn", "BucketName", "LedgerTableName", "ExampleExecutionInput"):
         assert key in outputs
     assert outputs["ExampleExecutionInput"]["Value"].startswith('{"source": ')
+
+
+def test_lambda_versions_are_retained_for_rollback(harvester_app):
+    """stacks/README.md documents rollback by pointing `live` back at an earlier version. CDK's `current_version`
+    destroys the old AWS::Lambda::Version when a deploy publishes a new one (VersionOptions.removalPolicy defaults to
+    DESTROY), which leaves nothing to point back at: every version must carry DeletionPolicy Retain."""
+    versions = resource(harvester_app.cfn, "AWS::Lambda::Version")
+    assert versions, "each function publishes a version for its live alias"
+    for logical_id, version in versions:
+        assert version.get("DeletionPolicy") == "Retain", logical_id
+        assert version.get("UpdateReplacePolicy") == "Retain", logical_id
