@@ -292,7 +292,11 @@ class SourceSpec(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def secret_name(self) -> str:
-        return (self.auth.secret if self.auth and self.auth.secret else None) or f"harvester/{self.name}"
+        """The spec's `auth.secret`, else `{HARVESTER_SECRET_PREFIX}{name}`: the deployed stack sets the prefix to its
+        own name and creation id (a fixed name would collide between stacks of one account), `harvester/` otherwise."""
+        if self.auth and self.auth.secret:
+            return self.auth.secret
+        return f"{os.environ.get('HARVESTER_SECRET_PREFIX') or 'harvester/'}{self.name}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

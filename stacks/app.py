@@ -37,7 +37,7 @@ def build_app(
     account = app.node.try_get_context("account") or os.environ.get("HARVESTER_ACCOUNT")
     region = app.node.try_get_context("region") or os.environ.get("HARVESTER_REGION")
     env = cdk.Environment(account=account, region=region) if account or region else None
-    stack_name = app.node.try_get_context("stackName") or "Harvester"
+    stack_name = app.node.try_get_context("stackName") or os.environ.get("HARVESTER_STACK_NAME") or "Harvester"
     stack = HarvesterStack(
         app,
         stack_name,

@@ -1,8 +1,10 @@
 """Deploy-time configuration: CDK context (`-c key=value` or cdk.json) with safe defaults.
 
 Every key can also come from the environment as `HARVESTER_` + the key in upper snake case
-(`alarmEmail` -> `HARVESTER_ALARM_EMAIL`). Order: CDK context (`-c` beats cdk.json, CDK merges them), then the
-environment, then the default below. Nothing here needs AWS credentials.
+(`alarmEmail` -> `HARVESTER_ALARM_EMAIL`; `stackName` -> `HARVESTER_STACK_NAME`, read in stacks/app.py). Order:
+CDK context (`-c`, and cdk.json, which CDK merges into it), then the environment, then the default below. So
+cdk.json carries only feature flags: a setting written there would hide the environment variable. Nothing here
+needs AWS credentials.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, Bund
 from stacks.config import HarvesterConfig
 from stacks.observability import Observability
 from stacks.schedules import SourceSchedules
-from stacks.sources import SECRET_PREFIX, SOURCES_DIR, SourceInfo, discover
+from stacks.sources import SOURCES_DIR, SourceInfo, discover
 
 try:  # the lead's contract: the definition files and the placeholders CDK must fill
     from harvester import definition as _definition
@@ -243,10 +243,16 @@ class HarvesterStack(cdk.Stack):
         )
         return table
 
+    @property
+    def secret_prefix(self) -> str:
+        """`{stack name}-{stack id}/`: secret names are unique per account and region and the stack retains its
+        secrets, so a fixed name would make a second stack, or this one created again, fail with "already exists"."""
+        return cdk.Fn.join("", [self.stack_name, "-", self._stack_suffix(), "/"])
+
     def _source_secrets(self) -> dict[str, secretsmanager.ISecret]:
-        """One Secrets Manager secret per source. The stack creates `harvester/{name}` with a random placeholder
-        value (put the vendor's API key in it after deploy); a spec naming another secret (`auth.secret`) refers to
-        an existing one, which the stack only grants read access to."""
+        """One Secrets Manager secret per source. The stack creates `{secret_prefix}{name}` with a random placeholder
+        value (put the vendor's API key in it after deploy: output SourceSecrets names them); a spec naming another
+        secret (`auth.secret`) refers to an existing one, which the stack only grants read access to."""
         secrets: dict[str, secretsmanager.ISecret] = {}
         for source in self.sources:
             cid = f"Secret-{source.name}"
@@ -254,7 +260,7 @@ class HarvesterStack(cdk.Stack):
                 secrets[source.name] = secretsmanager.Secret(
                     self,
                     cid,
-                    secret_name=source.secret_name,
+                    secret_name=cdk.Fn.join("", [self.secret_prefix, source.name]),
                     description=f"API credential of harvester source {source.name!r} (replace the generated value)",
                     removal_policy=self.removal_policy,
                 )
@@ -311,7 +317,7 @@ class HarvesterStack(cdk.Stack):
                 "HARVESTER_BUCKET": self.bucket.bucket_name,
                 "HARVESTER_TABLE": self.table.table_name,
                 "HARVESTER_SOURCES_DIR": LAMBDA_SOURCES_DIR,
-                "HARVESTER_SECRET_PREFIX": SECRET_PREFIX,
+                "HARVESTER_SECRET_PREFIX": self.secret_prefix,
                 "POWERTOOLS_SERVICE_NAME": "harvester",
                 "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
                 "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -551,4 +557,10 @@ class HarvesterStack(cdk.Stack):
                       description="Alarms are sent here (subscribe with -c alarmEmail=... or in the console)")  # fmt: skip
         cdk.CfnOutput(self, "DashboardName", value=self.observability.dashboard.dashboard_name)
         cdk.CfnOutput(self, "Sources", value=",".join(s.name for s in self.sources) or "(none)",
-                      description="Deployed sources; put each API key in the secret harvester/{source}")  # fmt: skip
+                      description="Deployed sources (each one's API key goes in its secret: SourceSecrets)")  # fmt: skip
+        if self.secrets:
+            cdk.CfnOutput(self, "SourceSecrets",
+                          value=cdk.Fn.join(",", [cdk.Fn.join("=", [name, secret.secret_name])
+                                                  for name, secret in self.secrets.items()]),
+                          description="source=secret name: put each vendor's API key in its secret "
+                                      "(aws secretsmanager put-secret-value --secret-id NAME --secret-string KEY)")  # fmt: skip

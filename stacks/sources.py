@@ -15,7 +15,6 @@ import yaml
 from stacks.bundling import ROOT
 
 SOURCES_DIR = ROOT / "sources"
-SECRET_PREFIX = "harvester/"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 
@@ -39,7 +38,8 @@ class Schedule:
 class SourceInfo:
     name: str
     path: Path
-    secret_name: str
+    #: the secret the spec names (`auth.secret`), or None: the stack creates one named from its own name and id
+    secret_name: str | None
     schedule: Schedule | None
     #: level names in order (the `level` dimension of the fetch metrics)
     levels: tuple[str, ...] = ()
@@ -48,8 +48,8 @@ class SourceInfo:
 
     @property
     def default_secret(self) -> bool:
-        """True if the secret is the one the stack creates (`harvester/{name}`), not an existing one."""
-        return self.secret_name == f"{SECRET_PREFIX}{self.name}"
+        """True if the secret is the one the stack creates (`{stack}-{id}/{name}`), not an existing one."""
+        return self.secret_name is None
 
 
 def _schedule(raw: object, path: Path) -> Schedule | None:
@@ -77,7 +77,7 @@ def read_source(path: Path) -> SourceInfo:
     if path.stem != name:
         raise SourceConfigError(f"{path}: name is {name!r} but the file is named {path.name}; they must agree")
     auth = data.get("auth") if isinstance(data.get("auth"), dict) else {}
-    secret = auth.get("secret") or f"{SECRET_PREFIX}{name}"
+    secret = auth.get("secret") or None
     levels = data.get("levels") if isinstance(data.get("levels"), list) else []
     level_names = tuple(str(lv["name"]) for lv in levels if isinstance(lv, dict) and lv.get("name"))
     rate = data.get("rate_limit") if isinstance(data.get("rate_limit"), dict) else {}
@@ -85,7 +85,7 @@ def read_source(path: Path) -> SourceInfo:
     return SourceInfo(
         name=name,
         path=path,
-        secret_name=str(secret),
+        secret_name=str(secret) if secret else None,
         schedule=_schedule(data.get("schedule"), path),
         levels=level_names,
         requests_per_second=float(rps) if isinstance(rps, (int, float)) and not isinstance(rps, bool) else None,

@@ -43,3 +43,31 @@ def test_environment_fallback(monkeypatch):
     cfg = HarvesterConfig.from_node(app.node)
     assert cfg.logRetentionDays == 60  # context wins
     assert cfg.alarmEmail == "ops@example.com"
+
+
+def test_every_setting_from_the_environment_under_cdk_json(monkeypatch):
+    """stacks/README.md: every key can come from the environment as HARVESTER_KEY_NAME. With `cdk synth` the
+    context always holds cdk.json's keys, so a key written there (retain, nag, arch, ...) silently ignored the
+    environment; the stack name never read it. cdk.json now carries only feature flags; -c still beats the
+    environment."""
+    from dataclasses import fields
+
+    from .helpers import cdk_json_context, make_app
+
+    values = {"retain": "false", "deletionProtection": "false", "logRetentionDays": "7", "nag": "false",
+              "arch": "x86_64", "versioning": "true", "accessLogs": "false", "schedules": "false",
+              "alarmEmail": "ops@example.com", "expectedRunMinutes": "60", "throttledAlarmThreshold": "3",
+              "bucketName": "my-harvest-bucket", "tableName": "my-harvest-ledger"}
+    keys = {f.name for f in fields(HarvesterConfig)} - {"extra"}
+    assert keys == set(values), "a new setting needs a line here"
+    for key, value in values.items():
+        monkeypatch.setenv("HARVESTER_" + "".join("_" + c if c.isupper() else c.upper() for c in key), value)
+    monkeypatch.setenv("HARVESTER_STACK_NAME", "HarvesterFromEnv")
+    assert not keys & set(cdk_json_context()), "cdk.json context would hide the environment"
+    _, stack = make_app({"nag": False})  # what the tests' helper must pass; the environment says false too
+    cfg = stack.config
+    assert stack.stack_name == "HarvesterFromEnv"
+    assert (cfg.retain, cfg.deletionProtection, cfg.logRetentionDays, cfg.arch, cfg.versioning, cfg.accessLogs,
+            cfg.schedules, cfg.alarmEmail, cfg.expectedRunMinutes, cfg.throttledAlarmThreshold, cfg.bucketName,
+            cfg.tableName) == (False, False, 7, "x86_64", True, False, False, "ops@example.com", 60, 3,
+                               "my-harvest-bucket", "my-harvest-ledger")

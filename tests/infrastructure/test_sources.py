@@ -26,14 +26,44 @@ def test_one_secret_per_source_in_the_repo(harvester_app):
     assert len(harvester_app.stack.sources) == len(specs)
     created = [s for s in harvester_app.stack.sources if s.default_secret]
     secrets = resource(harvester_app.cfn, "AWS::SecretsManager::Secret")
-    assert sorted(s["Properties"]["Name"] for _, s in secrets) == sorted(f"harvester/{s.name}" for s in created)
+    assert sorted(secret_name(s) for _, s in secrets) == sorted(f"Harvester-<stack id>/{s.name}" for s in created)
+
+
+def secret_name(secret: dict) -> str:
+    """The Name of a secret the stack creates, with the stack-id part of its Fn::Join shown as <stack id>."""
+    name = secret["Properties"]["Name"]
+    if isinstance(name, str):
+        return name
+    parts = name["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else "<stack id>" if "AWS::StackId" in json.dumps(p) else "?" for p in parts)
+
+
+def test_secret_names_differ_per_stack_and_per_creation():
+    """A secret's name is unique in its account and region, and the stack keeps its secrets when deleted (retain):
+    a fixed name such as `harvester/demo` makes a second stack in the same account, or the same stack created again
+    after a delete, fail with "already exists". The name carries the stack's name and the id of this creation of it,
+    and the functions find it through HARVESTER_SECRET_PREFIX."""
+    from aws_cdk.assertions import Template
+
+    names = {}
+    for stack_name in ("HarvesterA", "HarvesterB"):
+        _, stack = make_app({"stackName": stack_name})
+        cfn = Template.from_stack(stack).to_json()
+        secrets = resource(cfn, "AWS::SecretsManager::Secret")
+        names[stack_name] = sorted(secret_name(s) for _, s in secrets)
+        assert all("<stack id>" in n for n in names[stack_name]), names[stack_name]
+        env = next(iter(resource(cfn, "AWS::Lambda::Function")))[1]["Properties"]["Environment"]["Variables"]
+        prefix = env["HARVESTER_SECRET_PREFIX"]
+        assert "AWS::StackId" in json.dumps(prefix) and stack_name in json.dumps(prefix)
+    assert not set(names["HarvesterA"]) & set(names["HarvesterB"])
 
 
 def test_one_secret_per_source(two_sources):
     stack, cfn = two_sources
     assert [s.name for s in stack.sources] == ["alpha", "beta", "gamma"]
-    names = sorted(s["Properties"]["Name"] for _, s in resource(cfn, "AWS::SecretsManager::Secret"))
-    assert names == ["harvester/alpha", "harvester/gamma"]  # beta names an existing secret: referenced, not created
+    names = sorted(secret_name(s) for _, s in resource(cfn, "AWS::SecretsManager::Secret"))
+    # beta names an existing secret: referenced, not created
+    assert names == ["HarvesterSources-<stack id>/alpha", "HarvesterSources-<stack id>/gamma"]
     fetch_role = stack.get_logical_id(stack.functions["fetch"].role.node.default_child)
     [policy] = [p for _, p in resource(cfn, "AWS::IAM::Policy") if {"Ref": fetch_role} in p["Properties"]["Roles"]]
     [stmt] = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s.get("Sid") == "SourceSecrets"]

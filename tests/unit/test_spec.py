@@ -62,7 +62,7 @@ def test_demo_spec_loads_with_every_level_and_pagination_style():
     assert spec.levels[3].primary_key is None and spec.levels[3].types == {"ts": "timestamp[s]"}
     assert spec.auth.type == "header" and spec.auth.env == "DEMO_API_KEY"
     assert spec.rate_limit.requests_per_second == 50 and spec.rate_limit.burst == 5
-    assert spec.secret_name() == "harvester/demo"
+    assert spec.secret_name() == "harvester/demo"  # locally; on AWS the stack sets HARVESTER_SECRET_PREFIX
     # defaults filled in
     assert spec.retries.max_attempts == 8 and spec.timeouts.read == 30.0 and spec.ttl_days == 90
 
@@ -358,3 +358,15 @@ def test_batch_size_explicit_or_sized_from_the_rate(tmp_path):
     assert spec().workers() == 4
     assert spec(rate_limit={"requests_per_second": 0.5, "burst": 1}).batch_size(0) == AUTO_BATCH_MIN
     assert spec(rate_limit={"requests_per_second": 5000, "burst": 5}).batch_size(0) == AUTO_BATCH_MAX
+
+
+def test_secret_name_follows_the_deployed_prefix(monkeypatch: pytest.MonkeyPatch):
+    """The stack names the secrets it creates `{stack name}-{stack id}/{source}` and tells the functions the prefix;
+    a spec's own `auth.secret` is used as written."""
+    monkeypatch.setenv("HARVESTER_SECRET_PREFIX", "Harvester-1a2b3c4d/")
+    spec = s.SourceSpec.model_validate({"name": "acme", "base_url": "https://api.example.com",
+                                      "auth": {"type": "bearer", "env": "ACME_TOKEN"},
+                                      "levels": [{"name": "items", "path": "/items"}]})
+    assert spec.secret_name() == "Harvester-1a2b3c4d/acme"
+    named = spec.model_copy(update={"auth": spec.auth.model_copy(update={"secret": "shared/acme"})})
+    assert named.secret_name() == "shared/acme"
