@@ -50,6 +50,10 @@ RETENTION_DAYS = {
 }
 
 
+#: Step Functions' log levels (https://docs.aws.amazon.com/step-functions/latest/dg/cloudwatch-log-level.html)
+WORKFLOW_LOG_LEVELS = ("ALL", "ERROR", "FATAL", "OFF")
+
+
 def _retention(key: str, value: Any) -> int:
     try:
         days = int(value)
@@ -88,6 +92,9 @@ class HarvesterConfig:
     expectedRunMinutes: int = 180
     #: 429 answers per 5 minutes, sustained for 15 minutes, that raise a source's "throttled" alarm
     throttledAlarmThreshold: int = 10
+    #: what the workflows log to CloudWatch Logs (ALL | ERROR | FATAL | OFF), with execution data. ERROR by default:
+    #: ALL logs every state of every Distributed Map child with its input and output, paid per GB ingested
+    workflowLogLevel: str = "ERROR"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -122,10 +129,12 @@ class HarvesterConfig:
                 except (TypeError, ValueError):
                     raise ValueError(f"context {f.name!r} must be an integer, got {raw!r}") from None
             else:
-                out[f.name] = str(raw).strip()
+                out[f.name] = str(raw).strip().upper() if f.name == "workflowLogLevel" else str(raw).strip()
         cfg = cls(**out)
         if cfg.arch not in PLATFORMS:
             raise ValueError(f"context 'arch' must be one of {sorted(PLATFORMS)}, got {cfg.arch!r}")
+        if cfg.workflowLogLevel not in WORKFLOW_LOG_LEVELS:
+            raise ValueError(f"context 'workflowLogLevel' must be one of {WORKFLOW_LOG_LEVELS}, got {cfg.workflowLogLevel!r}")
         if cfg.alarmEmail and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", cfg.alarmEmail):
             raise ValueError(f"context 'alarmEmail' is not an e-mail address: {cfg.alarmEmail!r}")
         return cfg

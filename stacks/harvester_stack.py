@@ -429,7 +429,8 @@ class HarvesterStack(cdk.Stack):
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_string(text),
             definition_substitutions=substitutions,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            logs=sfn.LogOptions(destination=log_group, level=getattr(sfn.LogLevel, self.config.workflowLogLevel),
+                                include_execution_data=True),
             tracing_enabled=True,
             # holds no data; a retained one would block re-creating the stack (its name is fixed)
             removal_policy=cdk.RemovalPolicy.DESTROY,
@@ -509,6 +510,12 @@ class HarvesterStack(cdk.Stack):
                 "deliberate change of RUNTIME and PYTHON_VERSION together, checked by the packaging test")  # fmt: skip
 
         for workflow in self.workflows.values():
+            if self.config.workflowLogLevel != "ALL":
+                ack(workflow.machine.node.default_child, "AwsSolutions-SF1",
+                    f"logs {self.config.workflowLogLevel} events with execution data (workflowLogLevel): ALL would log "
+                    "every state of every Distributed Map child with its input and output, an ingestion cost that grows "
+                    "with the run; every failure is logged, the execution history keeps the rest, -c workflowLogLevel=ALL "
+                    "when debugging")  # fmt: skip
             sm_policy = workflow.machine.role.node.find_child("DefaultPolicy").node.default_child
             ack(sm_policy, "AwsSolutions-IAM5[Resource::*]",
                 "CloudWatch Logs log-delivery actions (CreateLogDelivery, PutResourcePolicy, ...) and X-Ray do not "

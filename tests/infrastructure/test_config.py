@@ -27,6 +27,7 @@ def test_strings_from_the_command_line():
         ({"logRetentionDays": "a month"}, "number of days"),
         ({"arch": "sparc"}, "arch"),
         ({"alarmEmail": "not-an-address"}, "e-mail"),
+        ({"workflowLogLevel": "VERBOSE"}, "workflowLogLevel"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(values, message):
@@ -57,7 +58,7 @@ def test_every_setting_from_the_environment_under_cdk_json(monkeypatch):
     values = {"retain": "false", "deletionProtection": "false", "logRetentionDays": "7", "nag": "false",
               "arch": "x86_64", "versioning": "true", "accessLogs": "false", "schedules": "false",
               "alarmEmail": "ops@example.com", "expectedRunMinutes": "60", "throttledAlarmThreshold": "3",
-              "bucketName": "my-harvest-bucket", "tableName": "my-harvest-ledger"}
+              "bucketName": "my-harvest-bucket", "tableName": "my-harvest-ledger", "workflowLogLevel": "FATAL"}
     keys = {f.name for f in fields(HarvesterConfig)} - {"extra"}
     assert keys == set(values), "a new setting needs a line here"
     for key, value in values.items():
@@ -69,5 +70,5 @@ def test_every_setting_from_the_environment_under_cdk_json(monkeypatch):
     assert stack.stack_name == "HarvesterFromEnv"
     assert (cfg.retain, cfg.deletionProtection, cfg.logRetentionDays, cfg.arch, cfg.versioning, cfg.accessLogs,
             cfg.schedules, cfg.alarmEmail, cfg.expectedRunMinutes, cfg.throttledAlarmThreshold, cfg.bucketName,
-            cfg.tableName) == (False, False, 7, "x86_64", True, False, False, "ops@example.com", 60, 3,
-                               "my-harvest-bucket", "my-harvest-ledger")
+            cfg.tableName, cfg.workflowLogLevel) == (False, False, 7, "x86_64", True, False, False, "ops@example.com",
+                                                     60, 3, "my-harvest-bucket", "my-harvest-ledger", "FATAL")

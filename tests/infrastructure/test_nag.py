@@ -23,8 +23,11 @@ def test_every_acknowledgment_is_specific(harvester_app):
 
 def test_default_stack_needs_no_access_log_or_encryption_acknowledgment(harvester_app):
     rules = {a.rule.split("[")[0] for a in harvester_app.stack.nag_acknowledgments}
-    assert not rules & {"AwsSolutions-S1", "AwsSolutions-S10", "AwsSolutions-DDB3", "AwsSolutions-SF1",
+    assert not rules & {"AwsSolutions-S1", "AwsSolutions-S10", "AwsSolutions-DDB3",
                         "AwsSolutions-SF2", "AwsSolutions-SNS2", "AwsSolutions-SNS3", "AwsSolutions-SQS4"}  # fmt: skip
+    # SF1 (log ALL events): the workflows log ERROR by default for cost, acknowledged with the setting named
+    sf1 = [a for a in harvester_app.stack.nag_acknowledgments if a.rule == "AwsSolutions-SF1"]
+    assert len(sf1) == len(harvester_app.stack.workflows) and all("workflowLogLevel" in a.reason for a in sf1)
 
 
 def test_data_wildcards_only_on_declared_prefixes(harvester_app):

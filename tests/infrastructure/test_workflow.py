@@ -75,10 +75,24 @@ def test_substitutions_point_at_the_live_aliases_bucket_and_table(harvester_app,
     assert "LedgerTable" in json.dumps(subs["LedgerTableName"])
 
 
-def test_standard_with_full_logging_and_tracing(machine):
+def test_standard_with_error_logging_and_tracing(machine):
+    """ALL with execution data logs every state of every Distributed Map child with its input and output (each
+    batch's parents and results): CloudWatch Logs ingestion grows with the run. ERROR keeps every failure with its
+    data; -c workflowLogLevel=ALL when debugging."""
     assert machine["StateMachineType"] == "STANDARD"
-    assert machine["LoggingConfiguration"]["Level"] == "ALL"
+    assert machine["LoggingConfiguration"]["Level"] == "ERROR"
+    assert machine["LoggingConfiguration"]["IncludeExecutionData"] is True
     assert machine["TracingConfiguration"] == {"Enabled": True}
+
+
+def test_workflow_log_level_is_a_setting():
+    from aws_cdk.assertions import Template
+
+    from .helpers import make_app
+
+    _, stack = make_app({"workflowLogLevel": "ALL"})
+    machines = resource(Template.from_stack(stack).to_json(), "AWS::StepFunctions::StateMachine")
+    assert machines and all(m["Properties"]["LoggingConfiguration"]["Level"] == "ALL" for _, m in machines)
 
 
 def test_fans_out_with_a_distributed_map_over_an_s3_manifest(states):
@@ -171,7 +185,7 @@ def test_every_workflow_is_its_file_with_substitutions_and_retries(harvester_app
         sm = cfn["Resources"][stack.get_logical_id(workflow.machine.node.default_child)]
         assert sm["Properties"]["DefinitionString"] == workflow.definition_path.read_text(encoding="utf-8"), key
         assert sm["Properties"]["StateMachineName"] == f"{stack.stack_name}-{key}"
-        assert sm["Properties"]["LoggingConfiguration"]["Level"] == "ALL" and sm["Properties"]["TracingConfiguration"]
+        assert sm["Properties"]["LoggingConfiguration"]["Level"] == "ERROR" and sm["Properties"]["TracingConfiguration"]
         states = all_states(render_definition(sm)["States"])
         for name, state in states:
             if state["Type"] == "Task":
