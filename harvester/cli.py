@@ -25,6 +25,29 @@ from harvester.spec import SourceSpec, SpecError, load_spec, parse_spec
 DEFAULT_STATE = Path("harvest-state")
 PACKAGE_SOURCES = Path(__file__).resolve().parent.parent / "sources"
 
+#: exit codes (README, "When things fail"): a script can tell a finished run from one to resume and from bad input
+EXIT_OK = 0  # the run (or command) succeeded
+EXIT_FAILED = 1  # the run failed (a crash recorded on the run item): fix, then resume
+EXIT_BAD_INPUT = 2  # bad spec, bad arguments, unknown run: nothing was written
+EXIT_INCOMPLETE = 3  # the run ended with failed batches (the ledger lists them): resume it
+EXIT_STATE = 4  # the state folder is in use, damaged or out of disk space (the message names the file)
+EXIT_TIMEOUT = 124  # --timeout ran out: the run was stopped, resume it
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); 143 for SIGTERM: the run was stopped, resume it
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) during a local run: stop the fleet, print how to resume."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.code = 128 + signum
+
+
+def exit_code(desc: dict[str, Any]) -> int:
+    if desc["status"] == "SUCCEEDED":
+        return EXIT_OK
+    return EXIT_INCOMPLETE if desc.get("error") == "Harvest.Incomplete" else EXIT_FAILED
+
 
 def _print(lines: list[str]) -> None:
     print("\n".join(lines), flush=True)
@@ -59,7 +82,8 @@ def execute(
 
     if processes is None:
         processes = min(spec.workers(), MAX_PROCESSES)
-    with LocalEngine(state, batch_seconds=batch_seconds, processes=processes) as engine:
+    with LocalEngine(state, batch_seconds=batch_seconds, processes=processes,
+                     command=f"harvest {' '.join(sys.argv[1:3])}".strip()) as engine:
         if spec_path is not None:
             engine.add_source(spec_path, spec)
         else:  # resume with the spec the run was planned with
@@ -76,21 +100,44 @@ def execute(
             progress()
 
         try:
-            desc = engine.wait(arn, timeout=timeout, progress=tick)
-        except KeyboardInterrupt:
-            engine.sfn.stop_execution(executionArn=arn, error="Local.Interrupted", cause="Ctrl-C")
+            with _signals_stop():
+                desc = engine.wait(arn, timeout=timeout, progress=tick)
+        except (KeyboardInterrupt, TimeoutError) as exc:
+            why = "--timeout ran out" if isinstance(exc, TimeoutError) else "interrupted"
+            engine.stop(arn, error="Local.Timeout" if isinstance(exc, TimeoutError) else "Local.Interrupted",
+                        cause=why)
             run_id = execution_input.get("resume") or engine.run_id_of(arn, spec.name) or "RUN_ID"
-            print(f"\ninterrupted: state saved in {state}; continue with "
+            print(f"\n{why}: the run is stopped, its state is in {state}; continue with "
                   f"`harvest resume {run_id} --local --state {state}`", file=sys.stderr)
             raise
         seconds = time.monotonic() - t0
         run_id = execution_input.get("resume") or engine.run_id_of(arn, spec.name)
         run = engine.ledger.get_run(spec.name, run_id) if run_id else None
+    if engine.state.failure is not None:  # e.g. disk full: what the folder holds is not this run
+        raise engine.state.failure
     result = audit_run(state / "bucket", spec, run["run_id"]) if (audit and run) else None
     _print(summary_lines(run, spec, seconds, state / "bucket", result))
     if desc["status"] != "SUCCEEDED":
         print(f"execution {desc['status']}: {desc.get('error', '')}: {desc.get('cause', '')}"[:2000], file=sys.stderr)
     return run, desc, seconds
+
+
+class _signals_stop:
+    """SIGTERM raises Stopped in the main thread (as Ctrl-C raises KeyboardInterrupt), so the fleet is stopped and
+    the resume hint printed instead of the process vanishing with its workers orphaned."""
+
+    def __enter__(self):
+        import signal
+
+        def handler(signum, frame):
+            raise Stopped(signum)
+
+        self._previous = signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
 
 
 def cmd_run(args) -> int:
@@ -100,7 +147,7 @@ def cmd_run(args) -> int:
         execution_input["run_id"] = args.run_id
     run, desc, _ = execute(spec, Path(args.spec), execution_input, args.state, timeout=args.timeout,
                            processes=args.processes)
-    return 0 if desc["status"] == "SUCCEEDED" else 1
+    return exit_code(desc)
 
 
 def cmd_resume(args) -> int:
@@ -110,20 +157,20 @@ def cmd_resume(args) -> int:
         spec, path = _stored_spec(args.state, args.run_id), None
     run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state, timeout=args.timeout,
                            processes=args.processes)
-    return 0 if desc["status"] == "SUCCEEDED" else 1
+    return exit_code(desc)
 
 
 def cmd_runs(args) -> int:
-    from harvester.ledger import _plain
+    from harvester.local.state import LocalState
 
-    ledger_file = args.state / "ledger.jsonl"
-    if not ledger_file.exists():
-        print(f"no local ledger at {ledger_file}", file=sys.stderr)
+    state = LocalState(args.state)
+    if not (state.ledger_db.exists() or (args.state / "ledger.jsonl").exists()):
+        print(f"no local ledger at {state.ledger_db}", file=sys.stderr)
         return 1
-    items = [json.loads(line) for line in ledger_file.read_text().splitlines() if line.strip()]
+    items = state.items()  # read during a run too (SQLite, WAL)
     prefix = f"RUN#{args.source}#"
     if args.run_id:
-        mine = [_plain(i) for i in items if i["pk"] == f"{prefix}{args.run_id}"]
+        mine = [i for i in items if i["pk"] == f"{prefix}{args.run_id}"]
         run = next((i for i in mine if i["sk"] == "RUN"), None)
         if run is None:
             print(f"no run {args.run_id} of {args.source}", file=sys.stderr)
@@ -258,7 +305,7 @@ def run_query(state: Path, query: dict[str, Any], *, timeout: float) -> tuple[di
     """One execution of the query workflow on the local engine over the state folder's lake."""
     from harvester.local.engine import LocalEngine
 
-    with LocalEngine(state) as engine:
+    with LocalEngine(state, lock=False) as engine:  # a reader: works during a run in the same folder
         t0 = time.monotonic()
         desc, result = engine.query(query, timeout=timeout)
         return desc, result, time.monotonic() - t0
@@ -398,14 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harvester.local.state import StateError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    except Stopped as exc:
+        return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except TimeoutError:
+        return EXIT_TIMEOUT
 
 
 if __name__ == "__main__":

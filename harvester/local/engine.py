@@ -5,8 +5,9 @@
 - Lambda tasks are dispatched to the real handlers in `lambdas/`: in-process, or, with `processes=N`, the fetch
   handler in a pool of N worker processes (harvester/local/workers.py) that reach moto over HTTP, so each fetch
   worker has a CPU of its own as on Lambda (what `harvest run --local` and `harvest demo` use);
-- S3, DynamoDB (and Secrets Manager) are moto's, in memory; `LocalState` mirrors them to a folder after every
-  command and loads them back before the next, so a failed or interrupted run can be resumed later.
+- S3, DynamoDB (and Secrets Manager) are moto's, in memory; every write to the bucket or the ledger is written
+  through to the state folder as it happens (harvester/local/state.py) and loaded back by the next command, so a
+  failed, interrupted or killed run can be resumed later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import uuid
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,8 @@ import boto3
 from harvester import definition
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import moto_patches
+from harvester.local import state as state_store
+from harvester.local.state import LocalState
 from harvester.local.workers import WorkerPool
 from harvester.spec import SourceSpec
 
@@ -124,63 +126,17 @@ class Dispatcher:
         return handler(event, FakeContext(name, timeout))
 
 
-class LocalState:
-    """Mirrors the local bucket and ledger to a folder: `bucket/` (every object, raw output included) and
-    `ledger.jsonl` (every ledger item)."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.bucket_dir = self.folder / "bucket"
-        self.ledger_file = self.folder / "ledger.jsonl"
-
-    def load(self, s3, table) -> None:
-        if self.bucket_dir.exists():
-            for path in sorted(self.bucket_dir.rglob("*")):
-                if path.is_file():
-                    s3.put_object(Bucket=BUCKET, Key=path.relative_to(self.bucket_dir).as_posix(), Body=path.read_bytes())
-        if self.ledger_file.exists():
-            with table.batch_writer() as writer:
-                for line in self.ledger_file.read_text().splitlines():
-                    if line.strip():
-                        writer.put_item(Item=json.loads(line, parse_float=Decimal, parse_int=Decimal))
-
-    def save(self, s3, table) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / "bucket.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            for obj in page.get("Contents", []):
-                target = tmp / obj["Key"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
-        shutil.rmtree(self.bucket_dir, ignore_errors=True)
-        if tmp.exists():
-            tmp.rename(self.bucket_dir)
-        items, kwargs = [], {}
-        while True:
-            resp = table.scan(**kwargs)
-            items.extend(resp["Items"])
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        lines = [json.dumps(i, default=_decimal, sort_keys=True) for i in items]
-        part = self.ledger_file.with_suffix(".tmp")
-        part.write_text("\n".join(lines) + ("\n" if lines else ""))
-        part.replace(self.ledger_file)
-
-
-def _decimal(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(type(value).__name__)
-
-
 class LocalEngine:
-    """Context manager: moto up, patches in, bucket/table/state machine created, state loaded; saved on exit."""
+    """Context manager: moto up, patches in, bucket/table/state machine created, state loaded and written through.
+
+    ``lock``: take the state folder for this engine (runs: a second harvest into the same folder is refused with
+    StateBusy); False for readers such as the query workflow, which only add their own result objects."""
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
-                 processes: int = 0):
+                 processes: int = 0, lock: bool = True, command: str = "harvest"):
         self.state = LocalState(Path(state_dir))
+        self.lock = lock
+        self.command = command
         self.batch_seconds = batch_seconds
         self.processes = processes
         self.quiet = quiet
@@ -191,6 +147,10 @@ class LocalEngine:
     # --- lifecycle --------------------------------------------------------------------------------------------
     def __enter__(self) -> "LocalEngine":
         from moto import mock_aws
+
+        if self.lock:
+            self.state.acquire(self.command)  # before anything else: a busy folder is refused untouched
+            self._stack.callback(self.state.release)
 
         env = {
             "AWS_DEFAULT_REGION": REGION,
@@ -216,6 +176,8 @@ class LocalEngine:
         os.environ.update(env)
         self._stack.callback(self._restore_env)
         self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
+        # entered before the worker pool, so it ends after the pool's last write
+        self._stack.enter_context(state_store.writing_through(self.state, BUCKET, TABLE))
         # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
         warnings.filterwarnings("ignore", module="aws_lambda_powertools")
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the executor logs every caught error at length
@@ -240,7 +202,7 @@ class LocalEngine:
         self.dynamodb.create_table(**create_table_kwargs(TABLE))
         self.table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
         self.ledger = Ledger(self.table)
-        self.state.load(self.s3, self.table)
+        self.state.load(self.s3, BUCKET, self.dynamodb, TABLE)
         self.state_machine_arn = self.sfn.create_state_machine(
             name=STATE_MACHINE,
             definition=rendered_definition(),
@@ -257,9 +219,8 @@ class LocalEngine:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.save()
-        finally:
             self._stack.close()
+        finally:
             shutil.rmtree(self._sources_dir, ignore_errors=True)
 
     def _restore_env(self) -> None:
@@ -268,9 +229,6 @@ class LocalEngine:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-    def save(self) -> None:
-        self.state.save(self.s3, self.table)
 
     # --- runs -------------------------------------------------------------------------------------------------
     def add_source(self, spec_path: Path, spec: SourceSpec) -> None:
@@ -299,6 +257,13 @@ class LocalEngine:
             if progress:
                 progress()
             time.sleep(poll)
+
+    def stop(self, execution_arn: str, *, error: str, cause: str, grace: float = 3.0) -> None:
+        """Stop an execution and its fleet now (Ctrl-C, SIGTERM, --timeout): the execution is aborted and the
+        worker processes are stopped within `grace` seconds, their in-flight batches left for a resume."""
+        self.sfn.stop_execution(executionArn=execution_arn, error=error, cause=cause)
+        if self.dispatcher is not None and self.dispatcher.pool is not None:
+            self.dispatcher.pool.terminate(grace)
 
     def run(self, execution_input: dict[str, Any], **wait_kwargs) -> dict[str, Any]:
         return self.wait(self.start(execution_input), **wait_kwargs)

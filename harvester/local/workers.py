@@ -26,6 +26,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,7 +47,35 @@ class RemoteError(Exception):
         self.stack = stack
 
 
-def _init_worker(endpoint: str) -> None:
+def _engine_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is dead, only not reaped yet
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _watch_engine(engine_pid: int, parent_pid: int) -> None:
+    """A worker never outlives the engine: if the engine is killed (even SIGKILL, which it cannot catch), its
+    workers would go on calling the vendor for a run nobody is recording. Checked twice a second."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid or not _engine_alive(engine_pid):
+            os._exit(1)
+
+
+def _init_worker(endpoint: str, engine_pid: int | None = None) -> None:
+    import threading
+
+    if engine_pid is not None:
+        threading.Thread(target=_watch_engine, args=(engine_pid, os.getppid()), name="watch-engine",
+                         daemon=True).start()
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     logging.getLogger("botocore").setLevel(logging.WARNING)
     # as in the engine's process: module-level Powertools objects warn about re-added dimensions when metrics are
@@ -99,7 +128,7 @@ class WorkerPool:
             else:  # Windows: each worker starts Python (slower start, same behaviour)
                 ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(self.endpoint,))
+                                             initargs=(self.endpoint, os.getpid()))
         return self._pool
 
     def start(self) -> None:
@@ -124,6 +153,24 @@ class WorkerPool:
     def pids(self) -> list[int]:
         """The worker processes running now."""
         return list(self._pool._processes) if self._pool is not None else []
+
+    def terminate(self, grace: float = 3.0) -> None:
+        """Stop every worker now: SIGTERM, then SIGKILL for any still alive after `grace` seconds. Invocations in
+        flight fail as Runtime.ExitError; a later invocation would get fresh workers."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list(pool._processes.values())
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:

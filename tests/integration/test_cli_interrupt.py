@@ -34,7 +34,7 @@ def test_ctrl_c_then_resume(vendor_factory, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "harvest resume c1 --local" in err
-    assert (state / "ledger.jsonl").exists()
+    assert (state / "ledger.sqlite").exists()
     routes_before = dict(vendor.stats().by_route)
 
     done = subprocess.run([*cmd, "resume", "c1", "--local", "--state", str(state)], env=env,

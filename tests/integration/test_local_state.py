@@ -1,0 +1,230 @@
+"""The local state folder never loses a run: written as the run goes, locked, with one clear line when it cannot
+be used, and every stop clean. Real `harvest` processes, real signals, the simulated vendor on loopback."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harvester.local.report import audit
+from harvester.spec import load_spec
+from tests.integration.conftest import API_KEY, demo_levels, write_spec
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "harvester.cli"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "E2E_API_KEY": API_KEY}
+
+
+def harvest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, *args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(b")", 1)[1].split()
+            if fields[0] != b"Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z":
+            out.add(pid)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive(pids)
+
+
+def assert_exact(state: Path, spec_path: Path, vendor, run_id: str) -> None:
+    spec = load_spec(spec_path)
+    found = audit(state / "bucket", spec, run_id)
+    truth = vendor.data.counts()
+    for level in spec.levels:
+        assert found[level.name] == {"records": truth[level.name], "unique": truth[level.name], "duplicates": 0}, (
+            run_id, level.name)
+
+
+def small_source(vendor_factory, tmp_path, **vendor_options):
+    vendor = vendor_factory(troops=2, warriors_per_troop=3, datagroups_per_warrior=3, points_per_datagroup=90,
+                            **vendor_options)
+    return vendor, write_spec(tmp_path, vendor, demo_levels(), max_concurrency=2)
+
+
+def test_sigkill_at_twenty_points_then_resume_loses_nothing(vendor_factory, tmp_path):
+    """SIGKILL of the CLI at 20 points of a run (starting up, loading the folder, mid-level, while writing):
+    every kill takes the worker processes down with it, the next command resumes, the run ends with every record
+    exactly once, and an earlier run in the same folder stays intact."""
+    vendor, spec_path = small_source(vendor_factory, tmp_path, latency_ms=20)
+    state = tmp_path / "state"
+    first = harvest("run", "--local", str(spec_path), "--run-id", "before", "--state", str(state), "--processes", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert_exact(state, spec_path, vendor, "before")
+
+    rng = random.Random(13)
+    kills = 0
+    for attempt in range(40):
+        known = (state / "bucket" / "runs" / "e2e" / "target" / "spec.json").exists()
+        args = (["resume", "target"] if known else ["run", str(spec_path), "--run-id", "target"])
+        proc = start(*args, "--local", "--state", str(state), "--processes", "2")
+        calls_before = vendor.stats().requests
+        # a kill point: a moment of start-up (imports, loading the folder) or a number of vendor calls into the run
+        if rng.random() < 0.3:
+            time.sleep(rng.uniform(0.2, 2.5))
+        else:
+            target, deadline = rng.randint(1, 40), time.monotonic() + 30
+            while vendor.stats().requests - calls_before < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if proc.poll() is not None:  # the run finished before this kill point
+            assert proc.returncode == 0, proc.communicate()[1][-2000:]
+            break
+        below = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        kills += 1
+        assert not wait_gone(below, 5.0), "worker processes outlived the killed CLI"
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 20, f"only {kills} kill points before the run finished: make the run longer"
+    final = harvest("resume", "target", "--local", "--state", str(state))
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_exact(state, spec_path, vendor, "target")
+    assert_exact(state, spec_path, vendor, "before")
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_readers_work(vendor_factory, tmp_path):
+    vendor, spec_path = small_source(vendor_factory, tmp_path, latency_ms=40)
+    state = tmp_path / "state"
+    first = start("run", "--local", str(spec_path), "--run-id", "one", "--state", str(state))
+    deadline = time.monotonic() + 60
+    while vendor.stats().requests < 5:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+        time.sleep(0.05)
+    second = harvest("run", "--local", str(spec_path), "--run-id", "two", "--state", str(state))
+    assert second.returncode == 4, second.stderr
+    assert f"pid {first.pid}" in second.stderr and "harvest run" in second.stderr
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    runs = harvest("runs", "e2e", "--state", str(state))  # a reader, during the run
+    assert runs.returncode == 0 and "one" in runs.stdout, runs.stderr
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert not (state / "bucket" / "runs" / "e2e" / "two").exists()
+    assert_exact(state, spec_path, vendor, "one")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "timeout"])
+def test_every_stop_is_quick_clean_and_resumable(vendor_factory, tmp_path, how):
+    """A vendor that takes 3 s per call: SIGTERM, Ctrl-C and --timeout stop the fleet within 5 s, leave no process
+    behind, say how to resume with a documented exit code, and the resume completes the run."""
+    vendor, spec_path = small_source(vendor_factory, tmp_path, latency_ms=3000)
+    state = tmp_path / "state"
+    extra = ["--timeout", "8"] if how == "timeout" else []
+    proc = start("run", "--local", str(spec_path), "--run-id", "r", "--state", str(state), "--processes", "2", *extra)
+    deadline = time.monotonic() + 60
+    while vendor.stats().by_route.get("warriors", 0) < 1:  # calls in flight in the workers
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    below = descendants(proc.pid)
+    assert below, "the run has worker processes"
+    t0 = time.monotonic()
+    if how != "timeout":
+        proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    expected = {"SIGTERM": 143, "SIGINT": 130, "timeout": 124}[how]
+    assert proc.returncode == expected, err[-2000:]
+    assert took < (5 if how != "timeout" else 15), f"took {took:.1f} s to stop"
+    assert "harvest resume r --local" in err and "Traceback" not in err, err[-2000:]
+    left = wait_gone(below, 3.0)
+    assert not left, f"processes left behind: {[cmdline(pid) for pid in left]}"
+    vendor.config.latency_ms = 0
+    done = harvest("resume", "r", "--local", "--state", str(state))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_exact(state, spec_path, vendor, "r")
+
+
+def test_a_damaged_ledger_is_one_clear_line(vendor_factory, tmp_path):
+    vendor, spec_path = small_source(vendor_factory, tmp_path)
+    state = tmp_path / "state"
+    assert harvest("run", "--local", str(spec_path), "--run-id", "ok", "--state", str(state)).returncode == 0
+    db = state / "ledger.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.write_bytes(db.read_bytes()[:1000] + b"\x00garbage" * 200)
+    for args in (["runs", "e2e"], ["resume", "ok", "--local"]):
+        out = harvest(*args, "--state", str(state))
+        assert out.returncode == 4, (args, out.stderr)
+        assert str(db) in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_an_old_ledger_with_a_torn_line_names_the_line(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "ledger.jsonl").write_text('{"pk": "RUN#x#1", "sk": "RUN", "status": "SUCCEEDED"}\n{"pk": "RUN#x#2", "s')
+    out = harvest("runs", "x", "--state", str(state))
+    assert out.returncode == 4 and f"{state / 'ledger.jsonl'}:2" in out.stderr, out.stderr
+
+
+def test_disk_full_is_one_clear_line(vendor_factory, tmp_path):
+    """The state folder on a 256 KB file system: the run stops on the first write that does not fit, with one line
+    that names the file, exit code 4, and no second copy left filling the disk."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        vendor = vendor_factory(troops=3, warriors_per_troop=5, datagroups_per_warrior=4, points_per_datagroup=800)
+        spec_path = write_spec(tmp_path, vendor, demo_levels())
+        out = harvest("run", "--local", str(spec_path), "--run-id", "big", "--state", str(mount / "state"))
+        assert out.returncode == 4, out.stderr[-2000:]
+        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+        assert lines and "disk full writing" in lines[0] and str(mount) in lines[0], out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        assert not (mount / "state" / "bucket.tmp").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
