@@ -155,8 +155,11 @@ def cmd_resume(args) -> int:
         spec, path = load_spec(args.spec), Path(args.spec)
     else:
         spec, path = _stored_spec(args.state, args.run_id), None
-    run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state, timeout=args.timeout,
-                           processes=args.processes)
+    from harvester.local.demo import demo_vendor_for
+
+    with demo_vendor_for(args.state, spec):  # a demo run: its simulated vendor again, on the same port
+        run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state,
+                               timeout=args.timeout, processes=args.processes)
     return exit_code(desc)
 
 
@@ -409,14 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=3)
     d.add_argument("--spec", type=Path, default=PACKAGE_SOURCES / "demo.yaml")
     common(d, timeout=1800.0)
-    d.set_defaults(func=cmd_demo, state=Path("harvest-demo"))
+    d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser(
         "query",
         help="run the query workflow over the Parquet lake and print the result table",
         description="Aggregates over a level's Parquet files, found through the time index; columns of an ancestor "
         "level are written LEVEL.COLUMN (warriors.firmware for a point).",
-        epilog="example: harvest query --local --state harvest-demo --source demo --level points "
+        epilog="example: harvest query --local --source demo --level points "
         "--start 2026-01-01T00:00:00Z --end 2026-01-02T00:00:00Z --group-by warriors.firmware "
         "--agg count --agg 'share:status=up as uptime' --filter 'status!=degraded'",
     )

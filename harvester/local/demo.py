@@ -5,13 +5,16 @@ query workflow: uptime % of the data points by firmware version over the demo's 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from harvester.local.report import audit
-from harvester.spec import load_spec
+from harvester.spec import SpecError, load_spec
 
 DEMO_LEVELS = ("troops", "warriors", "datagroups", "points")
 
@@ -40,6 +43,7 @@ def run_demo(args) -> int:
         os.environ["DEMO_BASE_URL"] = vendor.url
         os.environ["DEMO_API_KEY"] = key
         spec = load_spec(args.spec)
+        remember_vendor(args.state, vendor, key)
         truth = vendor.data.counts()
         print(f"simulated vendor on {vendor.url}: {truth} records, limit {vendor.config.rate} r/s "
               f"(burst {vendor.config.burst}), latency {args.latency_ms} ms", file=sys.stderr, flush=True)
@@ -73,6 +77,49 @@ def run_demo(args) -> int:
     ok &= showcase_query(args.state, spec.name, start, end, timeout=args.timeout)
     print("demo " + ("OK: every record harvested exactly once, converted and queried" if ok else "FAILED"))
     return 0 if ok and not over else 1
+
+
+#: the latest demo's vendor (its settings, key and port), so that `harvest resume` of a demo run can start the same
+#: vendor again: the simulated vendor's data is a function of its settings and seed
+VENDOR_FILE = "demo-vendor.json"
+
+
+def remember_vendor(state: Path, vendor, key: str) -> None:
+    from dataclasses import asdict
+
+    state.mkdir(parents=True, exist_ok=True)
+    settings = {"port": vendor.port, "url": vendor.url, "api_key": key, "config": asdict(vendor.config)}
+    settings["config"]["data"]["start"] = vendor.config.data.start.isoformat()
+    (state / VENDOR_FILE).write_text(json.dumps(settings, indent=1, default=str))
+
+
+@contextmanager
+def demo_vendor_for(state: Path, spec):
+    """The vendor a demo run harvested, started again on its port (a resume of that run calls the same URLs); a
+    run of any other source, or of an earlier demo, gets nothing and fails as any run whose vendor is gone."""
+    from harvester.vendor.server import VendorServer
+    from harvester.vendor.data import DataConfig
+    from harvester.vendor.server import VendorConfig
+
+    path = state / VENDOR_FILE
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if spec.name != "demo" or not saved or not spec.base_url.startswith(saved["url"]):
+        yield None
+        return
+    config = dict(saved["config"])
+    data = dict(config.pop("data"))
+    data["start"] = datetime.fromisoformat(data["start"])
+    config = VendorConfig(data=DataConfig(**data), **{k: tuple(v) if k == "api_keys" else v for k, v in config.items()})
+    try:
+        vendor = VendorServer(config, port=saved["port"]).start()
+    except OSError as exc:
+        raise SpecError(f"the demo's vendor cannot listen on {saved['url']} again ({exc}): free the port, or "
+                        f"start a new `harvest demo`") from None
+    os.environ["DEMO_API_KEY"] = saved["api_key"]
+    try:
+        yield vendor
+    finally:
+        vendor.stop()
 
 
 def lake_check(run: dict, spec) -> bool:

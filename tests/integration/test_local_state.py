@@ -228,3 +228,40 @@ def test_disk_full_is_one_clear_line(vendor_factory, tmp_path):
         assert not (mount / "state" / "bucket.tmp").exists()
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_an_interrupted_demo_resumes(tmp_path):
+    """`harvest demo` interrupted: the hint it prints works, because the demo keeps its vendor's settings, key and
+    port in the state folder and `harvest resume` starts that vendor again."""
+    import json
+    import re
+    from datetime import datetime
+
+    from harvester.cli import _stored_spec
+    from harvester.vendor.data import DataConfig, VendorData
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*CLI, "demo", "--troops", "2", "--warriors", "3", "--datagroups", "4", "--points", "400",
+                             "--rate", "40", "--state", str(state)],
+                            env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((state / "bucket" / "raw" / "demo").glob("*/datagroups/*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    hint = re.search(r"`(harvest resume (\S+) --local --state \S+)`", err)
+    assert hint, err[-2000:]
+    run_id = hint.group(2)
+    done = subprocess.run([*CLI, *hint.group(1).split()[1:]], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((state / "demo-vendor.json").read_text())["config"]["data"]
+    saved["start"] = datetime.fromisoformat(saved["start"])
+    truth = VendorData(DataConfig(**saved)).counts()
+    spec = _stored_spec(state, run_id)
+    found = audit(state / "bucket", spec, run_id)
+    for level in spec.levels:
+        assert found[level.name] == {"records": truth[level.name], "unique": truth[level.name], "duplicates": 0}
