@@ -242,14 +242,50 @@ def convert_table(
     resolved = resolve_types(types, time_field)
     bad = BadValues()
     table, locate = read_raw(blobs, names, resolved, bad)
-    table = apply_types(table, resolved, bad, locate)
     tcol = time_column(time_field)
+    if time_field and not any(column_name(k) == tcol for k in types or {}):
+        table, inferred = epoch_times(table, tcol, bad)
+        if inferred is not None:
+            resolved[tcol] = inferred
+    table = apply_types(table, resolved, bad, locate)
     if table.schema.get_field_index(tcol) < 0:
         table = table.append_column(pa.field(tcol, resolved.get(tcol, resolved[FETCHED_AT])),
                                     pa.nulls(table.num_rows, resolved.get(tcol, resolved[FETCHED_AT])))
     if sort and table.num_rows > 1:
         table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
     return table, bad
+
+
+#: epoch numbers below each bound are read in its unit (1e11 s is the year 5138, 1e11 ms is 1973): a numeric time
+#: field without a declared type is interpreted by magnitude, never silently as milliseconds
+EPOCH_BOUNDS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def epoch_times(table: pa.Table, column: str, bad: BadValues) -> tuple[pa.Table, pa.DataType | None]:
+    """A numeric time column as UTC timestamps in the unit its magnitude says (per file: the largest value decides),
+    noted in the convert report; fractions are kept to the microsecond. Returns (table, the column's new type, or
+    None when the column is not numeric and was left as it is)."""
+    i = table.schema.get_field_index(column)
+    if i < 0:
+        return table, None
+    col = table.column(i).combine_chunks()
+    floating = pa.types.is_floating(col.type)
+    if not (pa.types.is_integer(col.type) or floating):
+        return table, None
+    largest = pc.max(pc.abs(col)).as_py()
+    if largest is None:
+        return table, None
+    unit = next((u for bound, u in EPOCH_BOUNDS if largest < bound), "ns")
+    if floating:  # 1767225600.25 s -> microseconds, as integers
+        target = "ns" if unit == "ns" else "us"
+        col = pc.round(pc.multiply(col, _PER_SECOND[target] / _PER_SECOND[unit]))
+    else:
+        target = unit
+    out = col.cast(pa.int64()).cast(pa.timestamp(target, tz="UTC"))
+    bad.notes[column] = (f"numeric epoch times read as {unit} since 1970 from their magnitude (largest {largest:.4g}); "
+                         f"declare types: {{{column}: timestamp[s|ms|us|ns]}} to say otherwise")
+    return table.set_column(i, pa.field(column, out.type), out), out.type
 
 
 def time_column(time_field: str | None) -> str:

@@ -180,3 +180,53 @@ def test_multi_member_gzip_and_partition_split():
     parts = split_partitions(table, time_field="ts")
     assert [(p, t.num_rows) for p, t in parts] == [("event_date=2026-11-20", 1), ("event_date=2026-11-21", 1)]
     assert [p for p, _ in split_partitions(table, time_field=None, run_date="2026-11-25")] == ["run_date=2026-11-25"]
+
+
+EPOCH_2026_01_01 = 1_767_225_600  # 2026-01-01T00:00:00Z in seconds
+
+
+@pytest.mark.parametrize("scale, unit", [(1, "s"), (1_000, "ms"), (1_000_000, "us"), (1_000_000_000, "ns")])
+def test_numeric_time_field_unit_is_inferred_from_magnitude(scale, unit):
+    """A numeric time field without a declared type: epoch seconds were read as milliseconds (every point in
+    event_date=1970-01-21, and a time-range query over the real dates found 0 rows, silently). The unit is
+    inferred from the values' magnitude, per file, and noted in the convert report."""
+    lines = [{"ts": (EPOCH_2026_01_01 + 3600 * h) * scale, "v": h, "_lineage": {}} for h in (0, 25)]
+    blob = gzip.compress("\n".join(json.dumps(x) for x in lines).encode())
+    table, bad = convert_table([blob], ["k"], time_field="ts")
+    parts = split_partitions(table, time_field="ts")
+    assert [(p, t.num_rows) for p, t in parts] == [("event_date=2026-01-01", 1), ("event_date=2026-01-02", 1)]
+    assert table["ts"].to_pylist()[0].isoformat() == "2026-01-01T00:00:00+00:00"
+    assert unit in bad.summary()["notes"].get("ts", ""), bad.summary()
+    assert bad.count == 0
+
+
+def test_fractional_epoch_seconds_keep_their_fraction():
+    blob = gzip.compress(json.dumps({"ts": EPOCH_2026_01_01 + 0.25, "_lineage": {}}).encode())
+    table, bad = convert_table([blob], ["k"], time_field="ts")
+    assert table["ts"].to_pylist()[0].isoformat() == "2026-01-01T00:00:00.250000+00:00"
+
+
+def test_a_declared_time_type_is_used_as_written():
+    """`types: {ts: timestamp[s]}` says what the numbers are: no inference (and int64 keeps them numbers)."""
+    blob = gzip.compress(json.dumps({"ts": EPOCH_2026_01_01, "_lineage": {}}).encode())
+    table, bad = convert_table([blob], ["k"], time_field="ts", types={"ts": "timestamp[s]"})
+    assert table["ts"].to_pylist()[0].isoformat() == "2026-01-01T00:00:00+00:00" and not bad.notes
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("2026-01-01T05:00:00+05:00", "2026-01-01T00:00:00+00:00"),
+    ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00+00:00"),
+    ("2026-01-01", "2026-01-01T00:00:00+00:00"),
+    ("2026-01-01T00:00:00", "2026-01-01T00:00:00+00:00"),  # no offset: UTC
+])
+def test_time_strings_with_offsets_z_dates(text, expect):
+    blob = gzip.compress(json.dumps({"ts": text, "_lineage": {}}).encode())
+    table, bad = convert_table([blob], ["k"], time_field="ts")
+    assert table["ts"].to_pylist()[0].isoformat() == expect and bad.count == 0
+
+
+def test_garbage_times_are_bad_values_not_1970():
+    lines = [{"ts": "2026-01-01T00:00:00Z", "_lineage": {}}, {"ts": "yesterday", "_lineage": {}}]
+    blob = gzip.compress("\n".join(json.dumps(x) for x in lines).encode())
+    table, bad = convert_table([blob], ["k"], time_field="ts")
+    assert table["ts"].to_pylist()[1] is None and bad.by_field == {"ts": 1}
