@@ -64,7 +64,8 @@ def _concurrency(items: int) -> int:
 
 def _levels(run: dict) -> dict[str, dict]:
     spec = aws.run_spec(run)
-    return {lv.name: {"time_field": lv.time_field, "types": dict(lv.types)} for lv in spec.levels}
+    return {lv.name: {"time_field": lv.time_field, "types": dict(lv.types), "primary_key": lv.primary_key}
+            for lv in spec.levels}
 
 
 # ------------------------------------------------------------------------------------------------ steps

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from . import layout
 from .schema import (
+    KEY,
     FETCHED_AT,
     META_STRING_FIELDS,
     BadValues,
@@ -56,8 +57,8 @@ def plan_conversion(
 ) -> dict:
     """Cut the run's raw objects into conversion groups; write them as a JSON array (Map ItemReader input).
 
-    ``levels``: ``{level_name: {"time_field": "ts" | None, "types": {field: type}}}``; a level absent from it
-    is converted with inferred types and partitioned by run date. Returns a small summary.
+    ``levels``: ``{level_name: {"time_field": "ts" | None, "types": {field: type}, "primary_key": [field, ...]}}``;
+    a level absent from it is converted with inferred types and partitioned by run date. Returns a small summary.
     """
     levels = levels or {}
     objects = store.list(layout.raw_prefix(source, run_id))
@@ -78,7 +79,7 @@ def plan_conversion(
                         "source": source, "run_id": run_id, "level": level,
                         "group_id": layout.group_id(group), "keys": group, "bytes": size_sum,
                         "time_field": cfg.get("time_field"), "types": cfg.get("types") or {},
-                        "run_date": run_date,
+                        "primary_key": cfg.get("primary_key"), "run_date": run_date,
                     })
                 group, size_sum = [], 0
             if key is not None:
@@ -236,6 +237,7 @@ def convert_table(
     time_field: str | None = None,
     types: dict[str, str] | None = None,
     sort: bool = False,
+    primary_key: list[str] | None = None,
 ) -> tuple[pa.Table, BadValues]:
     """Pure conversion (no storage): raw objects -> flat, typed Arrow table (sorted by event time if ``sort``;
     the commit step sorts each partition anyway)."""
@@ -251,9 +253,29 @@ def convert_table(
     if table.schema.get_field_index(tcol) < 0:
         table = table.append_column(pa.field(tcol, resolved.get(tcol, resolved[FETCHED_AT])),
                                     pa.nulls(table.num_rows, resolved.get(tcol, resolved[FETCHED_AT])))
+    if primary_key:
+        table = with_record_key(table, primary_key, bad)
     if sort and table.num_rows > 1:
         table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
     return table, bad
+
+
+def with_record_key(table: pa.Table, primary_key: list[str], bad: BadValues) -> pa.Table:
+    """Add `_key`: the record's primary key as text, written as its children's `_lineage` holds it (one field: its
+    value; several: the values joined with ","), so a query joins an ancestor level on its own key whatever the
+    key's name. A key field missing from the files gives a null `_key` and a note."""
+    parts = []
+    for name in primary_key:
+        col_name = column_name(name)
+        if table.schema.get_field_index(col_name) < 0:
+            bad.notes[KEY] = f"primary key field {name!r} is not in the records: {KEY} is null"
+            return table.append_column(pa.field(KEY, pa.string()), pa.nulls(table.num_rows, pa.string()))
+        col = table[col_name]
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        parts.append(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()))
+    key = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, ",")
+    return table.append_column(pa.field(KEY, pa.string()), key)
 
 
 #: epoch numbers below each bound are read in its unit (1e11 s is the year 5138, 1e11 ms is 1973): a numeric time
@@ -347,6 +369,7 @@ def convert_group(
     types: dict[str, str] | None = None,
     run_date: str | None = None,
     group_id: str | None = None,
+    primary_key: list[str] | None = None,
     **_ignored,
 ) -> dict:
     """Convert one group of raw objects into staging Parquet files, one per partition touched.
@@ -356,7 +379,8 @@ def convert_group(
     """
     keys = sorted(keys)
     gid = group_id or layout.group_id(keys)
-    table, bad = convert_table(get_many(store, keys), keys, time_field=time_field, types=types)
+    table, bad = convert_table(get_many(store, keys), keys, time_field=time_field, types=types,
+                               primary_key=primary_key)
     partitions = {}
     for partition, part in split_partitions(table, time_field=time_field, run_date=run_date):
         key = layout.staging_key(source, run_id, level, partition, gid)

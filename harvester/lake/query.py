@@ -11,11 +11,12 @@ Query (a plain dict, JSON in the state machine):
  "aggregates": [{"op": "count"},
                 {"op": "share", "column": "status", "equals": "up", "as": "uptime"},
                 {"op": "mean", "column": "value"}],
- "ancestor_keys": {"warriors": "id"}}                                       # key field of an ancestor (default "id")
+ "ancestor_keys": {"warriors": "id"}}              # key column of an ancestor (default "_key": its primary key)
 ```
 
 * A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the warrior of the same
-  run whose key field equals the point's ``_lineage__warriors``. The worker first aggregates by
+  run whose ``_key`` (its primary key as text, written by the convert stage; files without it: ``id``) equals the
+  point's ``_lineage__warriors``. The worker first aggregates by
   (lineage key, run), then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
 * Filters: ``= != < <= > >= in not_in is_null not_null``; SQL semantics (a null never matches a comparison).
 * Aggregates: ``count`` (rows, or non-null values of ``column``), ``sum``, ``min``, ``max``, ``mean``,
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 
 from . import layout
 from .index import FileIndex
-from .schema import SEP, conform, lineage_column, unify
+from .schema import KEY, SEP, conform, lineage_column, unify
 from .store import Store
 from .timeutil import iso, parse_instant, to_units
 
@@ -73,7 +74,7 @@ def _colref(ref, ancestor_keys: dict[str, str]) -> dict:
     name = f"{level}.{column}" if level else column
     out = {"name": name, "level": level, "column": column}
     if level:
-        out["key"] = (ref.get("key") if isinstance(ref, dict) else None) or ancestor_keys.get(level, "id")
+        out["key"] = (ref.get("key") if isinstance(ref, dict) else None) or ancestor_keys.get(level, KEY)
     return out
 
 
@@ -384,12 +385,24 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([conform(t, schema) for t in tables])
 
 
-def _load_ancestor(store: Store, keys: list[str], key_field: str, columns: list[str]) -> pa.Table:
+def _load_ancestor(store: Store, level: str, keys: list[str], key_field: str, columns: list[str]) -> pa.Table:
     tables = []
     for k in keys:
         pf = pq.ParquetFile(pa.BufferReader(store.get(k)))
-        want = [c for c in dict.fromkeys([RUN, key_field] + columns) if c in pf.schema_arrow.names]
+        names = pf.schema_arrow.names
+        source_key = key_field
+        if key_field == KEY and KEY not in names:
+            # files converted before `_key` existed: their level's key was assumed to be `id`
+            if "id" not in names:
+                raise QueryError(f"level {level}: file {k} has no {KEY} column (convert it again) and no id column; "
+                                 f"name the key with ancestor_keys: {{{level!r}: FIELD}}")
+            source_key = "id"
+        elif key_field not in names:
+            raise QueryError(f"level {level}: file {k} has no key column {key_field!r} (ancestor_keys)")
+        want = [c for c in dict.fromkeys([RUN, source_key] + columns) if c in names]
         t = pf.read(columns=want)
+        if source_key != key_field:
+            t = t.rename_columns([key_field if c == source_key else c for c in t.column_names])
         for c in [key_field, RUN] + columns:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
@@ -465,7 +478,7 @@ def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | N
         for level, key_field in anc.items():
             cols = list(dict.fromkeys([g["column"] for g in q["group_by"] if g["level"] == level] +
                                       [f["column"] for f in anc_filters if f["level"] == level]))
-            at = _load_ancestor(store, task.get("ancestors", {}).get(level, []), key_field, cols)
+            at = _load_ancestor(store, level, task.get("ancestors", {}).get(level, []), key_field, cols)
             lk = lineage_column(level)
             akey, arun = f"__key_{level}", f"__run_{level}"
             at = at.rename_columns([{RUN: arun, key_field: akey}.get(c, f"{level}.{c}") for c in at.column_names])

@@ -26,6 +26,8 @@ META_STRING_FIELDS = ("_source", "_run_id", "_level", "_fetched_at")
 FETCHED_AT = "_fetched_at"
 FETCHED_AT_TYPE = pa.timestamp("us", tz="UTC")
 DEFAULT_TIME_TYPE = pa.timestamp("ms", tz="UTC")
+#: a keyed level's record key as text, as its children's `_lineage` holds it (the ancestor join's right side)
+KEY = "_key"
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError, ValueError)

@@ -191,3 +191,43 @@ def test_bad_queries_are_rejected():
         normalize_query({"source": "demo", "level": "points", "aggregates": [{"op": "share", "column": "status"}]})
     with pytest.raises(QueryError, match="before"):
         normalize_query({"source": "demo", "level": "points", "start": "2026-11-21", "end": "2026-11-20"})
+
+
+def test_ancestor_columns_join_on_the_levels_primary_key():
+    """A GitHub-shaped API whose first level's key is `login` (not `id`), and a level with a composite key:
+    `--group-by orgs.login` returned one group with an empty key and `--filter orgs.login=acme` 0 rows, silently,
+    because the join assumed an ancestor column named `id`. The convert stage now writes each keyed record's key
+    (as its children's lineage holds it) as `_key`, and the query joins on it."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="gh-lake")
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        create_ledger_table(ddb, "gh-ledger")
+        store, index = S3Store(s3, "gh-lake"), FileIndex(ddb, "gh-ledger")
+
+        def meta(level, lineage):
+            return {"_source": "gh", "_run_id": "r1", "_level": level, "_lineage": lineage,
+                    "_fetched_at": "2026-11-25T20:00:00Z"}
+
+        orgs = [{"login": login, "plan": plan, **meta("orgs", {})} for login, plan in (("acme", "pro"), ("globex", "free"))]
+        repos = [{"owner": o, "name": n, "stars": s, **meta("repos", {"orgs": o})}
+                 for o, n, s in (("acme", "api", 5), ("acme", "web", 7), ("globex", "api", 1))]
+        issues = []
+        for i in range(30):
+            owner, name = [("acme", "api"), ("acme", "web"), ("globex", "api")][i % 3]
+            issues.append({"number": i, "created_at": f"2026-11-20T{i % 24:02d}:00:00Z",
+                           **meta("issues", {"orgs": owner, "repos": f"{owner},{name}"})})
+        write_raw(store, "gh", "r1", {"orgs": orgs, "repos": repos, "issues": issues})
+        levels = {"orgs": {"primary_key": ["login"]}, "repos": {"primary_key": ["owner", "name"]},
+                  "issues": {"time_field": "created_at"}}
+        convert_run(store, index, source="gh", run_id="r1", levels=levels)
+
+        by_org = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["orgs.login"],
+                                          "aggregates": [{"op": "count"}]}, write=False)
+        assert sorted(by_org["rows"]) == [["acme", 20], ["globex", 10]]
+        acme = run_query(store, index, {"source": "gh", "level": "issues", "filters": [
+            {"column": "orgs.login", "op": "=", "value": "acme"}], "aggregates": [{"op": "count"}]}, write=False)
+        assert acme["rows"] == [[20]]
+        by_repo = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["repos.name", "repos.stars"],
+                                           "aggregates": [{"op": "count"}]}, write=False)
+        assert sorted(by_repo["rows"]) == [["api", 1, 10], ["api", 5, 10], ["web", 7, 10]]
