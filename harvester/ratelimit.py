@@ -47,14 +47,20 @@ across a fleet of four).
 
 AIMD
 ----
-``on_throttle`` (a 429) cuts the shared ``rate`` by ``cut_factor`` (0.5), at most once per
-``cut_cooldown`` (1 s) however many workers saw a 429, floor ``min_fraction`` (5 %) of the ceiling;
+``on_throttle`` (a 429) sets the shared ``rate`` at most once per ``cut_cooldown`` (1 s) however
+many workers saw a 429: a lone 429 while sending at the ceiling is arrival jitter (burst 5 is 25 ms
+at 200 r/s), so the rate resumes at ``headroom`` (97 %) of the ceiling after the pause; a 429 within
+``repeat_window`` (30 s) of the last, or below the ceiling, means the vendor's limit is lower: the
+rate is cut by ``cut_factor`` (0.5) and ``known`` = ``hold`` (95 %) x the rate that was refused is
+kept, above which recovery is slow (``hold_recovery``, 0.2 % of known per second), so a lower real
+limit is found and held just under (a 429 while creeping above ``known`` steps back to 95 %, not
+half); floor ``min_fraction`` (5 %) of the ceiling;
 sets ``paused_until = max(paused_until, now + Retry-After)`` and ``tat >= paused_until``, so no new
 slot is handed out before it; the worker drops the slots it holds. Other workers learn of the pause
 within ``pause_poll`` (0.2 s: a projected, eventually consistent GetItem of ``paused_until`` while
 they are sending) and drop theirs. Additive increase is a function of time, so it needs no write:
 ``rate(t) = min(ceiling, rate + recovery x ceiling x (t - max(rate_at, paused_until)))`` with
-``recovery`` 5 % of the ceiling per 429-free second. The ceiling is the ``rate`` given to
+``recovery`` 5 % of the ceiling per 429-free second (slower above ``known``, see above). The ceiling is the ``rate`` given to
 ``limiter_for`` and is never exceeded. ``on_success`` only counts.
 
 Time source
@@ -72,7 +78,7 @@ DynamoDB item (the ledger table; ``pk``/``sk`` strings, TTL attribute ``expires_
 --------------------------------------------------------------------------------------
 ``pk = RATE#{source}``, ``sk = BUCKET``; ``tat`` (N, epoch s, the schedule: never decreases),
 ``rate`` (N, the AIMD base rate set by the last cut), ``rate_at`` (N, time of the last cut),
-``last_cut`` (N), ``paused_until`` (N), ``ceiling``/``burst`` (N, the creator's configuration,
+``last_cut`` (N), ``known`` (N, the held limit; 0 = none), ``paused_until`` (N), ``ceiling``/``burst`` (N, the creator's configuration,
 informational), counters ``leases``, ``tokens_leased``, ``throttles`` (N), ``expires_at`` (N,
 now + 1 day, refreshed by every lease). Numbers are stored with 6 decimals.
 
@@ -143,6 +149,10 @@ class LimiterConfig:
     cut_factor: float = 0.5  # multiplicative decrease on a 429
     recovery: float = 0.05  # additive increase: fraction of the ceiling per 429-free second
     cut_cooldown: float = 1.0  # 429s within this many seconds of a cut do not cut again
+    repeat_window: float = 30.0  # a 429 this soon after the last one means the vendor's limit is lower
+    headroom: float = 0.97  # after a lone 429 at the ceiling (arrival jitter): resume at this fraction of it
+    hold: float = 0.95  # a repeated 429 at rate r: below hold x r recovery is fast; above it, slow:
+    hold_recovery: float = 0.002  # this fraction of the held rate per second
     max_ahead: float = 0.5  # no lease starts later than this after now: bounds the backlog
     pause_poll: float = 0.2  # seconds between checks of the shared paused_until (0: never)
     jitter: float = 0.01  # seconds of send-path jitter the burst budget keeps in reserve
@@ -173,15 +183,26 @@ class LimiterConfig:
 
 def _initial_state(now: float, cfg: LimiterConfig) -> dict[str, float]:
     return {"tat": 0.0, "rate": cfg.ceiling, "rate_at": 0.0, "paused_until": 0.0,
-            "last_cut": 0.0}
+            "last_cut": 0.0, "known": 0.0}
 
 
 def current_rate(s: dict, now: float, cfg: LimiterConfig) -> float:
     """The shared AIMD rate at ``now``: the base rate set by the last cut, plus ``recovery`` x
-    ceiling per second since the cut (or the end of the pause, if later); within [floor, ceiling].
+    ceiling per second since the cut (or the end of the pause, if later) up to ``known`` (the rate
+    a repeated 429 revealed, 0 = none), then ``hold_recovery`` x known per second; within [floor,
+    ceiling].
     A function of time, so recovering needs no write."""
     since = max(float(s["rate_at"]), float(s["paused_until"]))
-    rate = float(s["rate"]) + cfg.recovery * cfg.ceiling * max(0.0, now - since)
+    dt = max(0.0, now - since)
+    base = float(s["rate"])
+    fast = cfg.recovery * cfg.ceiling
+    known = float(s.get("known") or 0.0) or cfg.ceiling
+    if base < known and dt * fast <= known - base:
+        rate = base + fast * dt
+    else:
+        t_known = max(0.0, (known - base) / fast) if fast > 0 else dt
+        slow = cfg.hold_recovery * known if s.get("known") else fast
+        rate = max(base, known) + slow * (dt - t_known)
     return max(cfg.floor, min(cfg.ceiling, rate))
 
 
@@ -225,11 +246,27 @@ def compute_lease(state: dict | None, now: float, want: int, cfg: LimiterConfig)
 
 
 def compute_throttle(state: dict | None, now: float, retry_after: float, cfg: LimiterConfig):
-    """A 429 at ``now``: cut the rate (once per cut_cooldown) and push the schedule past the
-    pause (no burst credit right after it either)."""
+    """A 429 at ``now``: set the rate (once per cut_cooldown: the 429s of calls already in flight are
+    the same event) and push the schedule past the pause (no burst credit right after it either).
+
+    A lone 429 while the fleet sends at the ceiling is taken for arrival jitter: the rate resumes at
+    ``headroom`` x ceiling after the pause. A 429 within ``repeat_window`` of the last one (or below
+    the ceiling) says the vendor's real limit is lower: the rate is cut by ``cut_factor`` and the
+    rate it was refused at is remembered (``known``), so recovery slows down just below it; a 429
+    while creeping above ``known`` only steps back to ``hold`` x the rate."""
     s = dict(state) if state is not None else _initial_state(now, cfg)
-    if now - float(s["last_cut"]) >= cfg.cut_cooldown:
-        s["rate"] = max(cfg.floor, current_rate(s, now, cfg) * cfg.cut_factor)
+    last = float(s["last_cut"])
+    if now - last >= cfg.cut_cooldown:
+        rate = current_rate(s, now, cfg)
+        repeated = last > 0 and now - last < cfg.repeat_window
+        known = float(s.get("known") or 0.0)
+        if not repeated and rate >= cfg.ceiling * (1 - 1e-9):
+            s["rate"] = cfg.ceiling * cfg.headroom  # arrival jitter
+        elif known and rate > known:  # creeping above the limit found earlier: step back under it
+            s["rate"] = s["known"] = max(cfg.floor, rate * cfg.hold)
+        else:  # the limit is lower than the ceiling (or than it was): cut, and remember where it bit
+            s["rate"] = max(cfg.floor, rate * cfg.cut_factor)
+            s["known"] = max(cfg.floor, rate * cfg.hold)
         s["rate_at"] = now
         s["last_cut"] = now
     s["paused_until"] = max(float(s["paused_until"]), now + retry_after)
@@ -291,7 +328,7 @@ class MemoryBucket:
             return float(self.state["paused_until"]) if self.state else 0.0
 
 
-_STATE_FIELDS = ("tat", "rate", "rate_at", "paused_until", "last_cut")
+_STATE_FIELDS = ("tat", "rate", "rate_at", "paused_until", "last_cut", "known")
 
 
 def _num(x: float) -> Decimal:
@@ -453,10 +490,10 @@ class DynamoBucket:
             new = compute_throttle(s, now, retry_after, cfg)
             if new["rate_at"] != s["rate_at"]:  # cut the rate (at most once per cooldown)
                 ok, cur = self._update(
-                    "SET #rate = :rate, rate_at = :now, last_cut = :now ADD throttles :one",
+                    "SET #rate = :rate, rate_at = :now, last_cut = :now, known = :known ADD throttles :one",
                     "rate_at = :old",
                     {":rate": _num(new["rate"]), ":now": _num(now), ":old": _num(s["rate_at"]),
-                     ":one": 1}, {"#rate": "rate"})
+                     ":known": _num(new.get("known") or 0.0), ":one": 1}, {"#rate": "rate"})
                 if not ok:
                     s = cur if cur is not None else self.read()
                     continue
