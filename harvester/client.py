@@ -1,6 +1,6 @@
 """The HTTP side of a worker: one parent's list, page by page, with error classes and retries.
 
-Error classes (docs/failures.md):
+Error classes (README, "When things fail"):
 - transient (429, 408, 5xx, timeouts, connection resets, a body that is not JSON, an empty page before the
   announced total): retried here with capped exponential back-off and full jitter, within the time left;
 - permanent (404 and other 4xx, a JSON body without the records the spec points at): not retried, reported as

@@ -16,7 +16,7 @@ from stacks.harvester_stack import HarvesterStack
 REQUIRED_FLAGS = {
     # server access logs delivered through the log bucket's policy (ACLs are off: BucketOwnerEnforced)
     "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
-    # Distributed Map ResultWriter is silently dropped from the template without it (shared/NOTES.md)
+    # Distributed Map ResultWriter is silently dropped from a CDK-built Map without it
     "@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2": True,
 }
 
