@@ -30,6 +30,7 @@ from typing import Any, Callable
 import boto3
 
 from harvester import definition
+from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import moto_patches
 from harvester.local.workers import WorkerPool
@@ -42,14 +43,8 @@ TABLE = "harvester-ledger"
 STATE_MACHINE = "harvester-harvest"
 QUERY_STATE_MACHINE = "harvester-query"
 
-#: function name -> (handler "module:function", timeout seconds); the stack deploys the same functions
-FUNCTIONS = {
-    "plan": ("lambdas.plan:handler", 300),
-    "fetch": ("lambdas.fetch:handler", 900),
-    "advance": ("lambdas.advance:handler", 600),
-    "convert": ("lambdas.convert:handler", 900),  # the convert stage (pyarrow): every step, by the Payload's "step"
-    "query": ("lambdas.query:handler", 900),  # the query workflow (pyarrow): plan, partial, reduce
-}
+#: function name -> (handler "module:function", timeout seconds), from the one catalog the stack deploys
+FUNCTIONS = {name: (f.target, f.timeout_s) for name, f in FUNCTION_CATALOG.items()}
 
 
 def function_arn(name: str) -> str:
@@ -200,8 +195,7 @@ class LocalEngine:
             "HARVESTER_BUCKET": BUCKET,
             "HARVESTER_TABLE": TABLE,
             "HARVESTER_SOURCES_DIR": str(self._sources_dir),
-            "POWERTOOLS_SERVICE_NAME": "harvester",
-            "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+            **COMMON_ENVIRONMENT,
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_TRACE_DISABLED": "true",
             # Map children run on moto's threads in this one process: two at a time use both cores of a laptop
