@@ -356,6 +356,11 @@ class HarvesterStack(cdk.Stack):
                                  f"FUNCTION_CATALOG, BucketName, LedgerTableName)")
         return values
 
+    @staticmethod
+    def map_results_prefix(reader_prefix: str) -> str:
+        """Where a workflow's ResultWriters write (`runs/{source}/{run_id}/map-results/`, `queries/{id}/map-results/`)."""
+        return f"{reader_prefix}*/map-results/"
+
     def _workflow(self, key: str, path: Path, text: str, keys: tuple[str, ...], reader_prefix: str) -> Workflow:
         name = self.machine_name(key)
         cid = key.capitalize()
@@ -402,6 +407,14 @@ class HarvesterStack(cdk.Stack):
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
         ]  # fmt: skip
+        if '"ResultWriter"' in text:
+            # Distributed Map ResultWriter: every child's result under {prefix}.../map-results/{map run id}/ (the
+            # actions of "IAM policies for ResultWriter",
+            # https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html)
+            statements.append(iam.PolicyStatement(
+                sid="WriteMapResults",
+                actions=["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                resources=[self.bucket.arn_for_objects(self.map_results_prefix(reader_prefix) + "*")]))  # fmt: skip
         if "LedgerTableName" in keys:
             # run start/finish and batch failures are written by the workflow itself (direct integration)
             statements.append(iam.PolicyStatement(
@@ -463,6 +476,11 @@ class HarvesterStack(cdk.Stack):
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(workflow.reader_prefix)}]",
                 f"the Distributed Map's ItemReader reads the items a previous state wrote under {workflow.reader_prefix} "
                 "(keys created per run or query); GetObject only")  # fmt: skip
+            if '"ResultWriter"' in workflow.definition_path.read_text(encoding="utf-8"):
+                ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(self.map_results_prefix(workflow.reader_prefix))}]",
+                    "the Distributed Maps' ResultWriter writes each Map Run's results under a folder named by the run "
+                    "or query and the Map Run id Step Functions assigns, so the keys cannot be listed in advance; only "
+                    "the object actions the ResultWriter needs")  # fmt: skip
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.qualified_arn)}]",
                 "an execution started through the live alias or a version starts its Distributed Map children on that "
                 "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip

@@ -343,6 +343,7 @@ def install_map_results() -> None:
 
     @functools.wraps(eval_execution)
     def _eval_execution(self, env):
+        env._harvester_map_input = env.states.get_input()  # what the ResultWriter's paths read (below)
         eval_execution(self, env)
         if self.result_writer is None and isinstance(self.iteration_component, dic.DistributedIterationComponent):
             self._verify_size_quota(env=env, value=env.stack[-1])  # the result, before ResultSelector/ResultPath
@@ -362,13 +363,27 @@ def install_result_writer() -> None:
         resource_eval_s3 as rw,
     )
 
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.result_writer_decl import (
+        ResultWriter,
+    )
+
     cls = rw.ResourceEvalS3
     if getattr(cls._handle_put_object, "_harvester_patched", False):
         return
+    writer_eval = ResultWriter._eval_body
+
+    def _eval_body(self, env):
+        # moto evaluates the writer's Parameters ("Prefix.$") against the Map's result; as on AWS, against the
+        # Map state's input
+        result = env.stack.pop()  # the records carry it (_handle_put_object)
+        env.stack.append(getattr(env, "_harvester_map_input", result))  # what the paths read; popped as "results"
+        writer_eval(self, env)
+
+    ResultWriter._eval_body = _eval_body
 
     def _handle_put_object(env, resource_runtime_part, state_credentials):
         parameters = env.stack.pop()
-        env.stack.pop()  # the inline result: the records below carry it
+        env.stack.pop()  # the Map state's input (ResultWriter._eval_body above): the records carry the results
         s3 = cls._get_s3_client(resource_runtime_part=resource_runtime_part, state_credentials=state_credentials)
         record = env.map_run_record_pool_manager.get_all().pop()
         prefix = parameters.get("Prefix", "")

@@ -99,3 +99,27 @@ def test_dynamodb_retries_cover_the_server_side_errors():
             retried = {e for rule in state.get("Retry", []) for e in rule["ErrorEquals"]}
             assert {"DynamoDB.InternalServerError", "DynamoDB.ProvisionedThroughputExceededException",
                     "DynamoDB.ThrottlingException", "DynamoDB.RequestLimitExceeded"} <= retried, name  # fmt: skip
+
+
+# --- Distributed Map results -----------------------------------------------------------------------------------
+def test_every_distributed_map_writes_its_results_where_the_role_may_write(harvester_app):
+    """Without a ResultWriter a failed child comes back inline with its whole input and a few failed batches pass
+    the 256 KiB state limit (D5; tests/integration/test_limits.py shows it on the local engine)."""
+    stack = harvester_app.stack
+    for workflow in stack.workflows.values():
+        states = json.loads(workflow.definition_path.read_text())["States"]
+        maps = [(n, s) for n, s in all_states(states) if s.get("Type") == "Map"
+                and s["ItemProcessor"]["ProcessorConfig"].get("Mode") == "DISTRIBUTED"]  # fmt: skip
+        assert maps
+        for name, state in maps:
+            writer = state.get("ResultWriter")
+            assert writer and writer["Resource"] == "arn:aws:states:::s3:putObject", name
+            assert writer["Parameters"]["Bucket"] == "${BucketName}", name
+            prefix = writer["Parameters"]["Prefix.$"]
+            assert prefix.startswith(f"States.Format('{workflow.reader_prefix}") and "/map-results'" in prefix, name
+        role = harvester_app.cfn["Resources"][stack.get_logical_id(
+            workflow.machine.role.node.find_child("DefaultPolicy").node.default_child)]["Properties"]["PolicyDocument"]
+        grant = next(s for s in role["Statement"] if s.get("Sid") == "WriteMapResults")
+        assert set(grant["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
+                                        "s3:AbortMultipartUpload"}  # fmt: skip
+        assert f"/{workflow.reader_prefix}*/map-results/*" in json.dumps(grant["Resource"])
