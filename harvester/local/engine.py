@@ -2,15 +2,19 @@
 
 - the definitions are `statemachines/harvest.asl.json` and `statemachines/query.asl.json` after the
   substitutions CDK makes (same keys);
-- Lambda tasks are dispatched to the real handlers in `lambdas/`: in-process, or, with `processes=N`, the fetch
-  handler in a pool of N worker processes (harvester/local/workers.py) that reach moto over HTTP, so each fetch
-  worker has a CPU of its own as on Lambda (what `harvest run --local` and `harvest demo` use);
+- Lambda tasks are dispatched to the real handlers in `lambdas/` with the limits of the function catalog
+  (harvester/functions.py): in-process, or, with `processes=N`, every handler in worker processes (up to N per
+  function, harvester/local/workers.py) that reach moto over HTTP, so each worker has a CPU of its own as on
+  Lambda and is stopped at its function's timeout, memory and ephemeral storage (what `harvest run --local` and
+  `harvest demo` use);
+- payloads are held to Step Functions' 256 KiB and Lambda's 6 MB (harvester/local/moto_patches.py);
 - S3, DynamoDB (and Secrets Manager) are moto's, in memory; `LocalState` mirrors them to a folder after every
   command and loads them back before the next, so a failed or interrupted run can be resumed later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -30,7 +34,7 @@ from typing import Any, Callable
 import boto3
 
 from harvester import definition
-from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG
+from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG, FunctionDef
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import moto_patches
 from harvester.local.workers import WorkerPool
@@ -88,23 +92,22 @@ class FakeContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-#: the functions a worker pool runs when the engine has one (the fan-out workers; the others run in-process)
-POOLED = ("fetch",)
-
-
 class Dispatcher:
-    """Routes a Lambda ARN to the real handler, in-process or in the worker pool; counts invocations (tests read
-    them)."""
+    """Routes a Lambda ARN to the real handler, in the worker pool (every function, each held to its limits) or,
+    without a pool, in-process; counts invocations (tests read them). In-process a function is held to its
+    timeout only after the fact (a thread cannot be stopped: the state machine sees Sandbox.Timedout, but the
+    handler's writes happened) and not to its memory or ephemeral storage."""
 
-    def __init__(self, pool: WorkerPool | None = None):
+    def __init__(self, pool: WorkerPool | None = None, functions: dict[str, FunctionDef] | None = None):
+        self.functions = functions or FUNCTION_CATALOG
         self.handlers: dict[str, tuple[Callable, float]] = {}
         self.invocations: dict[str, int] = {}
         self.pool = pool
         self._lock = threading.Lock()
         self.hooks: list[Callable[[str, dict], None]] = []  # tests inject faults here (e.g. a killed worker)
-        for name, (target, timeout) in FUNCTIONS.items():
-            module, func = target.split(":")
-            self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
+        for name, fdef in self.functions.items():
+            module, func = fdef.target.split(":")
+            self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), fdef.timeout_s)
 
     def __call__(self, arn: str, event: dict) -> Any:
         handler, timeout = self.handlers[arn]
@@ -113,10 +116,14 @@ class Dispatcher:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
             hook(name, event)
-        short = name.removeprefix("harvester-")
-        if self.pool is not None and short in POOLED:
-            return self.pool.invoke(FUNCTIONS[short][0], name, timeout, event)
-        return handler(event, FakeContext(name, timeout))
+        fdef = self.functions[name.removeprefix("harvester-")]
+        if self.pool is not None:
+            return self.pool.invoke(fdef.target, name, timeout, event)
+        started = time.monotonic()
+        result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
+        if time.monotonic() - started > timeout:
+            raise moto_patches.LambdaKilled(f"Task timed out after {timeout:.2f} seconds")
+        return result
 
 
 class LocalState:
@@ -174,7 +181,12 @@ class LocalEngine:
     """Context manager: moto up, patches in, bucket/table/state machine created, state loaded; saved on exit."""
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
-                 processes: int = 0):
+                 processes: int = 0, functions: dict[str, dict[str, Any]] | None = None):
+        """`processes`: run every function in worker processes, up to this many per function, each held to its
+        function's limits (0: all in this process); `functions`: catalog values to change for this engine, e.g.
+        `{"fetch": {"timeout_s": 2}}` (tests)."""
+        self.functions = {name: dataclasses.replace(f, **(functions or {}).get(name, {}))
+                          for name, f in FUNCTION_CATALOG.items()}  # fmt: skip
         self.state = LocalState(Path(state_dir))
         self.batch_seconds = batch_seconds
         self.processes = processes
@@ -222,10 +234,10 @@ class LocalEngine:
             server.start()
             self._stack.callback(server.stop)
             host, port = server.get_host_and_port()
-            pool = WorkerPool(self.processes, f"http://{host}:{port}", [FUNCTIONS[name][0] for name in POOLED])
+            pool = WorkerPool(self.processes, f"http://{host}:{port}", self.functions)
             self._stack.callback(pool.close)  # runs before server.stop: workers finish their writes first
             pool.start()
-        self.dispatcher = Dispatcher(pool)
+        self.dispatcher = Dispatcher(pool, self.functions)
         moto_patches.install_all(self.dispatcher)
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)

@@ -68,6 +68,14 @@ def lambda_error(exc: BaseException) -> dict:
     }
 
 
+#: Lambda's synchronous invocation payload quota, 6 MB for the request and for the response
+#: (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html); a larger response fails the invocation
+#: with errorType `Function.ResponseSizeTooLarge`, "Response payload size exceeded maximum allowed payload size
+#: (6291556 bytes)." (the byte count Lambda's message names). The request side cannot be reached from a state
+#: machine: a Task's Payload is its input after Parameters, held to 256 KiB first (install_size_quota).
+MAX_LAMBDA_RESPONSE_BYTES = 6_291_556
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -88,7 +96,13 @@ def install_lambda_dispatch(dispatch) -> None:
             return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
                     "Payload": lambda_error(exc)}
         # a JSON round trip, as Lambda serialises the result (tuples become lists, no Python objects leak)
-        return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(json.dumps(result))}
+        body = json.dumps(result)
+        if len(body.encode()) > MAX_LAMBDA_RESPONSE_BYTES:
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+                    "Payload": {"errorType": "Function.ResponseSizeTooLarge",
+                                "errorMessage": "Response payload size exceeded maximum allowed payload size "
+                                                f"({MAX_LAMBDA_RESPONSE_BYTES} bytes)."}}  # fmt: skip
+        return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(body)}
 
     lambda_eval_utils._invoke_lambda_function = invoke
 
@@ -224,6 +238,22 @@ def install_size_quota() -> None:
 
     for module in (state, state_task_lambda, state_task_service):
         module.is_within_size_quota = is_within_size_quota
+
+    # "After Parameters processing, the input of a state is larger than payload size quota": a Lambda Task's
+    # Payload is checked before the invocation (moto checks only outputs)
+    cls = state_task_lambda.StateTaskLambda
+    if getattr(cls._eval_parameters, "_harvester_patched", False):
+        return
+    eval_parameters = cls._eval_parameters
+
+    @functools.wraps(eval_parameters)
+    def _eval_parameters(self, env):
+        parameters = eval_parameters(self, env)
+        self._verify_size_quota(env=env, value=parameters["Payload"])
+        return parameters
+
+    _eval_parameters._harvester_patched = True  # type: ignore[attr-defined]
+    cls._eval_parameters = _eval_parameters
 
 
 def install_terminal_errors() -> None:
