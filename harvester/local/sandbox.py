@@ -125,20 +125,23 @@ class Sandbox:
                     return answer
             except (EOFError, OSError):
                 raise self._exited() from None
-            if not self.alive():
-                raise self._exited()
             now = time.monotonic()
-            if now >= deadline:
-                self.kill()
-                raise LimitExceeded("Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds")
-            used = rss_mb(self.pid)
-            if used is not None and used > self.function.memory_mb:
-                self.kill()
-                raise LimitExceeded("Runtime.OutOfMemory", f"Error: Runtime exited with error: signal: killed "
-                                    f"(resident memory {used:.0f} MB over the function's {self.function.memory_mb} MB)")
+            self._check_running(now, deadline, timeout)
             if now >= next_disk:
                 next_disk = now + DISK_POLL_S
                 self._check_disk()
+
+    def _check_running(self, now: float, deadline: float, timeout: float) -> None:
+        if not self.alive():
+            raise self._exited()
+        if now >= deadline:
+            self.kill()
+            raise LimitExceeded("Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds")
+        used = rss_mb(self.pid)
+        if used is not None and used > self.function.memory_mb:
+            self.kill()
+            raise LimitExceeded("Runtime.OutOfMemory", f"Error: Runtime exited with error: signal: killed "
+                                f"(resident memory {used:.0f} MB over the function's {self.function.memory_mb} MB)")
 
     def _check_disk(self) -> None:
         used = disk_mb(self.tmpdir)
