@@ -74,9 +74,9 @@ def execute(
 ) -> tuple[dict[str, Any] | None, dict[str, Any], float]:
     """Run one execution of the workflow locally; returns (run item, execution description, seconds).
 
-    ``processes``: fetch worker processes (default: the workers a level of the spec runs at once,
-    ``SourceSpec.workers()``, at most MAX_PROCESSES, so a level's Map never waits for a free worker; 0: every
-    handler in this process)."""
+    ``processes``: worker processes per function, each held to its function's limits (default: the workers a
+    level of the spec runs at once, ``SourceSpec.workers()``, at most MAX_PROCESSES, so a level's Map never waits
+    for a free worker; 0: every handler in this process)."""
     from harvester.local.engine import LocalEngine
     from harvester.local.report import Progress, audit as audit_run, summary_lines
 
@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
         if not workers:
             return
         sp.add_argument("--processes", type=int, default=None, metavar="N",
-                        help="fetch workers as N processes, like Lambda containers (default: the workers a level "
+                        help="every function in up to N worker processes, like Lambda containers, held to its "
+                             "timeout, memory and /tmp (default: the workers a level "
                              f"runs at once, at most {MAX_PROCESSES}; 0: all in this process)")
 
     r = sub.add_parser("run", help="run the workflow for a source spec")

@@ -23,6 +23,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG, FunctionAccess, FunctionDef  # noqa: F401 - re-exported
 from stacks import nag
 from stacks.bundling import ARCHITECTURES, REQUIREMENTS_DIR, ROOT, RUNTIME, BundleSpec, lambda_code
 from stacks.config import HarvesterConfig
@@ -53,54 +54,6 @@ LIVE = "live"
 RUNS_PREFIX = "runs/"
 
 
-@dataclass(frozen=True)
-class FunctionAccess:
-    """What one function may touch: S3 key prefixes (patterns such as `runs/*/staging/` allowed) it reads, writes
-    and deletes, the ledger table (read and write, or read only), the source secrets."""
-
-    s3_read: tuple[str, ...] = ()
-    s3_write: tuple[str, ...] = ()
-    s3_delete: tuple[str, ...] = ()
-    ledger: bool = True
-    ledger_read_only: bool = False
-    secrets: bool = False
-
-    @property
-    def prefixes(self) -> list[str]:
-        return sorted({*self.s3_read, *self.s3_write, *self.s3_delete})
-
-
-@dataclass(frozen=True)
-class FunctionDef:
-    handler: str
-    access: FunctionAccess
-    memory_mb: int
-    timeout_s: int
-    requirements: str  # file in lambdas/requirements/
-
-
-#: every function a workflow may call; a workflow's `${NameFunctionArn}` placeholder creates function `name`.
-#: Adding a function is one line here (plus its handler module and requirements file).
-FUNCTION_CATALOG: dict[str, FunctionDef] = {
-    # plan checks the source's credential before anything is written (harvester.run.plan_run): it reads the secret
-    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",), secrets=True),
-                        memory_mb=512, timeout_s=120, requirements="plan.txt"),
-    "fetch": FunctionDef("lambdas.fetch.handler",
-                         FunctionAccess(s3_read=("runs/",), s3_write=("runs/", "raw/"), secrets=True),
-                         memory_mb=1024, timeout_s=900, requirements="fetch.txt"),
-    "advance": FunctionDef("lambdas.advance.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",)),
-                           memory_mb=512, timeout_s=300, requirements="advance.txt"),
-    # the lake: raw NDJSON -> Parquet under processed/ (staging under runs/), compaction replaces processed files
-    "convert": FunctionDef("lambdas.convert.handler",
-                           FunctionAccess(s3_read=("raw/", "runs/", "processed/"), s3_write=("runs/", "processed/"),
-                                          s3_delete=("runs/*/staging/", "processed/")),
-                           memory_mb=3008, timeout_s=900, requirements="lake.txt"),
-    # queries over the lake: the time index (ledger table, read only), tasks/partials under queries/, results/
-    "query": FunctionDef("lambdas.query.handler",
-                         FunctionAccess(s3_read=("processed/", "queries/"), s3_write=("queries/", "results/"),
-                                        s3_delete=("queries/",), ledger_read_only=True),
-                         memory_mb=1769, timeout_s=900, requirements="lake.txt"),
-}  # fmt: skip
 
 
 @dataclass
@@ -161,11 +114,12 @@ class HarvesterStack(cdk.Stack):
         unknown = needed - set(FUNCTION_CATALOG)
         if unknown:
             raise ValueError(f"the workflow definitions call functions {sorted(unknown)} that FUNCTION_CATALOG "
-                             f"(stacks/harvester_stack.py) lacks: add one line each")
+                             f"(harvester/functions.py) lacks: add one line each")
         for name, fdef in FUNCTION_CATALOG.items():
             if name in needed:
                 self.add_function(name, fdef.handler, fdef.access, memory_mb=fdef.memory_mb, timeout_s=fdef.timeout_s,
-                                  requirements=REQUIREMENTS_DIR / fdef.requirements)  # fmt: skip
+                                  requirements=REQUIREMENTS_DIR / fdef.requirements, ephemeral_mb=fdef.ephemeral_mb,
+                                  environment=fdef.environment)  # fmt: skip
 
         self.workflows: dict[str, Workflow] = {}
         for key, path, keys, reader_prefix in specs:
@@ -280,6 +234,8 @@ class HarvesterStack(cdk.Stack):
         memory_mb: int = 512,
         timeout_s: int = 300,
         requirements: Path | None = None,
+        ephemeral_mb: int | None = None,
+        environment: dict[str, str] | None = None,
     ) -> lambda_.Function:
         """One Lambda function with its bundle (wheels of `lambdas/requirements/{name}.txt`, the handler's module and
         the project modules it imports), log group, grants and `live` alias."""
@@ -306,6 +262,7 @@ class HarvesterStack(cdk.Stack):
             code=lambda_code(spec),
             memory_size=memory_mb,
             timeout=cdk.Duration.seconds(timeout_s),
+            ephemeral_storage_size=cdk.Size.mebibytes(ephemeral_mb) if ephemeral_mb else None,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             role=role,
@@ -318,9 +275,9 @@ class HarvesterStack(cdk.Stack):
                 "HARVESTER_TABLE": self.table.table_name,
                 "HARVESTER_SOURCES_DIR": LAMBDA_SOURCES_DIR,
                 "HARVESTER_SECRET_PREFIX": self.secret_prefix,
-                "POWERTOOLS_SERVICE_NAME": "harvester",
-                "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+                **COMMON_ENVIRONMENT,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
+                **(environment or {}),
             },
         )
         self._grant(fn, access)
@@ -409,6 +366,11 @@ class HarvesterStack(cdk.Stack):
                                  f"FUNCTION_CATALOG, BucketName, LedgerTableName)")
         return values
 
+    @staticmethod
+    def map_results_prefix(reader_prefix: str) -> str:
+        """Where a workflow's ResultWriters write (`runs/{source}/{run_id}/map-results/`, `queries/{id}/map-results/`)."""
+        return f"{reader_prefix}*/map-results/"
+
     def _workflow(self, key: str, path: Path, text: str, keys: tuple[str, ...], reader_prefix: str) -> Workflow:
         name = self.machine_name(key)
         cid = key.capitalize()
@@ -456,6 +418,14 @@ class HarvesterStack(cdk.Stack):
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
         ]  # fmt: skip
+        if '"ResultWriter"' in text:
+            # Distributed Map ResultWriter: every child's result under {prefix}.../map-results/{map run id}/ (the
+            # actions of "IAM policies for ResultWriter",
+            # https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html)
+            statements.append(iam.PolicyStatement(
+                sid="WriteMapResults",
+                actions=["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+                resources=[self.bucket.arn_for_objects(self.map_results_prefix(reader_prefix) + "*")]))  # fmt: skip
         if "LedgerTableName" in keys:
             # run start/finish and batch failures are written by the workflow itself (direct integration)
             statements.append(iam.PolicyStatement(
@@ -523,6 +493,11 @@ class HarvesterStack(cdk.Stack):
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(workflow.reader_prefix)}]",
                 f"the Distributed Map's ItemReader reads the items a previous state wrote under {workflow.reader_prefix} "
                 "(keys created per run or query); GetObject only")  # fmt: skip
+            if '"ResultWriter"' in workflow.definition_path.read_text(encoding="utf-8"):
+                ack(sm_policy, f"AwsSolutions-IAM5[Resource::{objects(self.map_results_prefix(workflow.reader_prefix))}]",
+                    "the Distributed Maps' ResultWriter writes each Map Run's results under a folder named by the run "
+                    "or query and the Map Run id Step Functions assigns, so the keys cannot be listed in advance; only "
+                    "the object actions the ResultWriter needs")  # fmt: skip
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.qualified_arn)}]",
                 "an execution started through the live alias or a version starts its Distributed Map children on that "
                 "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip

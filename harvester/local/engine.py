@@ -2,9 +2,12 @@
 
 - the definitions are `statemachines/harvest.asl.json` and `statemachines/query.asl.json` after the
   substitutions CDK makes (same keys);
-- Lambda tasks are dispatched to the real handlers in `lambdas/`: in-process, or, with `processes=N`, the fetch
-  handler in a pool of N worker processes (harvester/local/workers.py) that reach moto over HTTP, so each fetch
-  worker has a CPU of its own as on Lambda (what `harvest run --local` and `harvest demo` use);
+- Lambda tasks are dispatched to the real handlers in `lambdas/` with the limits of the function catalog
+  (harvester/functions.py): in-process, or, with `processes=N`, every handler in worker processes (up to N per
+  function, harvester/local/workers.py) that reach moto over HTTP, so each worker has a CPU of its own as on
+  Lambda and is stopped at its function's timeout, memory and ephemeral storage (what `harvest run --local` and
+  `harvest demo` use);
+- payloads are held to Step Functions' 256 KiB and Lambda's 6 MB (harvester/local/moto_patches.py);
 - S3, DynamoDB (and Secrets Manager) are moto's, in memory; every write to the bucket or the ledger is written
   through to the state folder as it happens (harvester/local/state.py) and loaded back by the next command, so a
   failed, interrupted or killed run can be resumed later.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -30,6 +34,7 @@ from typing import Any, Callable
 import boto3
 
 from harvester import definition
+from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG, FunctionDef
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import moto_patches
 from harvester.local import state as state_store
@@ -44,14 +49,8 @@ TABLE = "harvester-ledger"
 STATE_MACHINE = "harvester-harvest"
 QUERY_STATE_MACHINE = "harvester-query"
 
-#: function name -> (handler "module:function", timeout seconds); the stack deploys the same functions
-FUNCTIONS = {
-    "plan": ("lambdas.plan:handler", 300),
-    "fetch": ("lambdas.fetch:handler", 900),
-    "advance": ("lambdas.advance:handler", 600),
-    "convert": ("lambdas.convert:handler", 900),  # the convert stage (pyarrow): every step, by the Payload's "step"
-    "query": ("lambdas.query:handler", 900),  # the query workflow (pyarrow): plan, partial, reduce
-}
+#: function name -> (handler "module:function", timeout seconds), from the one catalog the stack deploys
+FUNCTIONS = {name: (f.target, f.timeout_s) for name, f in FUNCTION_CATALOG.items()}
 
 
 def function_arn(name: str) -> str:
@@ -95,23 +94,22 @@ class FakeContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-#: the functions a worker pool runs when the engine has one (the fan-out workers; the others run in-process)
-POOLED = ("fetch",)
-
-
 class Dispatcher:
-    """Routes a Lambda ARN to the real handler, in-process or in the worker pool; counts invocations (tests read
-    them)."""
+    """Routes a Lambda ARN to the real handler, in the worker pool (every function, each held to its limits) or,
+    without a pool, in-process; counts invocations (tests read them). In-process a function is held to its
+    timeout only after the fact (a thread cannot be stopped: the state machine sees Sandbox.Timedout, but the
+    handler's writes happened) and not to its memory or ephemeral storage."""
 
-    def __init__(self, pool: WorkerPool | None = None):
+    def __init__(self, pool: WorkerPool | None = None, functions: dict[str, FunctionDef] | None = None):
+        self.functions = functions or FUNCTION_CATALOG
         self.handlers: dict[str, tuple[Callable, float]] = {}
         self.invocations: dict[str, int] = {}
         self.pool = pool
         self._lock = threading.Lock()
         self.hooks: list[Callable[[str, dict], None]] = []  # tests inject faults here (e.g. a killed worker)
-        for name, (target, timeout) in FUNCTIONS.items():
-            module, func = target.split(":")
-            self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
+        for name, fdef in self.functions.items():
+            module, func = fdef.target.split(":")
+            self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), fdef.timeout_s)
 
     def __call__(self, arn: str, event: dict) -> Any:
         handler, timeout = self.handlers[arn]
@@ -120,10 +118,14 @@ class Dispatcher:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
             hook(name, event)
-        short = name.removeprefix("harvester-")
-        if self.pool is not None and short in POOLED:
-            return self.pool.invoke(FUNCTIONS[short][0], name, timeout, event)
-        return handler(event, FakeContext(name, timeout))
+        fdef = self.functions[name.removeprefix("harvester-")]
+        if self.pool is not None:
+            return self.pool.invoke(fdef.target, name, timeout, event)
+        started = time.monotonic()
+        result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
+        if time.monotonic() - started > timeout:
+            raise moto_patches.LambdaKilled(f"Task timed out after {timeout:.2f} seconds")
+        return result
 
 
 class LocalEngine:
@@ -133,7 +135,13 @@ class LocalEngine:
     StateBusy); False for readers such as the query workflow, which only add their own result objects."""
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
-                 processes: int = 0, lock: bool = True, command: str = "harvest"):
+                 processes: int = 0, functions: dict[str, dict[str, Any]] | None = None, lock: bool = True,
+                 command: str = "harvest"):
+        """`processes`: run every function in worker processes, up to this many per function, each held to its
+        function's limits (0: all in this process); `functions`: catalog values to change for this engine, e.g.
+        `{"fetch": {"timeout_s": 2}}` (tests)."""
+        self.functions = {name: dataclasses.replace(f, **(functions or {}).get(name, {}))
+                          for name, f in FUNCTION_CATALOG.items()}  # fmt: skip
         self.state = LocalState(Path(state_dir))
         self.lock = lock
         self.command = command
@@ -160,8 +168,7 @@ class LocalEngine:
             "HARVESTER_BUCKET": BUCKET,
             "HARVESTER_TABLE": TABLE,
             "HARVESTER_SOURCES_DIR": str(self._sources_dir),
-            "POWERTOOLS_SERVICE_NAME": "harvester",
-            "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+            **COMMON_ENVIRONMENT,
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_TRACE_DISABLED": "true",
             # Map children run on moto's threads in this one process: two at a time use both cores of a laptop
@@ -190,10 +197,10 @@ class LocalEngine:
             server.start()
             self._stack.callback(server.stop)
             host, port = server.get_host_and_port()
-            pool = WorkerPool(self.processes, f"http://{host}:{port}", [FUNCTIONS[name][0] for name in POOLED])
+            pool = WorkerPool(self.processes, f"http://{host}:{port}", self.functions)
             self._stack.callback(pool.close)  # runs before server.stop: workers finish their writes first
             pool.start()
-        self.dispatcher = Dispatcher(pool)
+        self.dispatcher = Dispatcher(pool, self.functions)
         moto_patches.install_all(self.dispatcher)
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)

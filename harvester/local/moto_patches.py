@@ -68,6 +68,14 @@ def lambda_error(exc: BaseException) -> dict:
     }
 
 
+#: Lambda's synchronous invocation payload quota, 6 MB for the request and for the response
+#: (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html); a larger response fails the invocation
+#: with errorType `Function.ResponseSizeTooLarge`, "Response payload size exceeded maximum allowed payload size
+#: (6291556 bytes)." (the byte count Lambda's message names). The request side cannot be reached from a state
+#: machine: a Task's Payload is its input after Parameters, held to 256 KiB first (install_size_quota).
+MAX_LAMBDA_RESPONSE_BYTES = 6_291_556
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -88,7 +96,13 @@ def install_lambda_dispatch(dispatch) -> None:
             return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
                     "Payload": lambda_error(exc)}
         # a JSON round trip, as Lambda serialises the result (tuples become lists, no Python objects leak)
-        return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(json.dumps(result))}
+        body = json.dumps(result)
+        if len(body.encode()) > MAX_LAMBDA_RESPONSE_BYTES:
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+                    "Payload": {"errorType": "Function.ResponseSizeTooLarge",
+                                "errorMessage": "Response payload size exceeded maximum allowed payload size "
+                                                f"({MAX_LAMBDA_RESPONSE_BYTES} bytes)."}}  # fmt: skip
+        return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": json.loads(body)}
 
     lambda_eval_utils._invoke_lambda_function = invoke
 
@@ -194,6 +208,235 @@ def install_jsonpath_cache() -> None:
         result_path.parse = functools.lru_cache(maxsize=4096)(jsonpath_ng.parse)
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Payload limits and Distributed Map results, as AWS enforces and returns them
+# ---------------------------------------------------------------------------------------------------------------
+#: 256 KiB: the largest input or output of a state, a Task's result, a Map's result
+#: (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html, "Maximum input or output size")
+MAX_STATE_BYTES = 256 * 1024
+
+
+def state_size(value) -> int:
+    """UTF-8 bytes of a value as Step Functions serialises it (compact JSON; a string counts as itself)."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    return len(text.encode("utf-8"))
+
+
+def install_size_quota() -> None:
+    """moto checks 256 KiB (States.DataLimitExceeded) on every state's output and every Task's result, but on
+    `json.dumps` with spaces after ',' and ':' (a payload AWS accepts can fail locally) and with `<` where AWS allows
+    exactly 256 KiB. The check as AWS makes it, in every module that imported moto's."""
+    from moto.stepfunctions.parser.asl.component.state import state
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_lambda
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service
+
+    def is_within_size_quota(value) -> bool:
+        return state_size(value) <= MAX_STATE_BYTES
+
+    for module in (state, state_task_lambda, state_task_service):
+        module.is_within_size_quota = is_within_size_quota
+
+    # "After Parameters processing, the input of a state is larger than payload size quota": a Lambda Task's
+    # Payload is checked before the invocation (moto checks only outputs)
+    cls = state_task_lambda.StateTaskLambda
+    if getattr(cls._eval_parameters, "_harvester_patched", False):
+        return
+    eval_parameters = cls._eval_parameters
+
+    @functools.wraps(eval_parameters)
+    def _eval_parameters(self, env):
+        parameters = eval_parameters(self, env)
+        self._verify_size_quota(env=env, value=parameters["Payload"])
+        return parameters
+
+    _eval_parameters._harvester_patched = True  # type: ignore[attr-defined]
+    cls._eval_parameters = _eval_parameters
+
+
+def install_terminal_errors() -> None:
+    """moto's `States.ALL` matches every error. On AWS it matches neither `States.DataLimitExceeded` nor
+    `States.Runtime`: both are terminal and fail the execution whatever the Catch or Retry says, unless the
+    rule names them (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html, "States.ALL")."""
+    from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import ErrorEqualsDecl
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+
+    if getattr(ErrorEqualsDecl._eval_body, "_harvester_patched", False):
+        return
+    terminal = {StatesErrorNameType.StatesStatesDataLimitExceeded, StatesErrorNameType.StatesRuntime}
+    original = ErrorEqualsDecl._eval_body
+
+    @functools.wraps(original)
+    def _eval_body(self, env):
+        error_name = env.stack[-1]
+        if isinstance(error_name, StatesErrorName) and error_name.typ in terminal and error_name not in self.error_names:
+            env.stack.pop()
+            env.stack.append(False)
+            return
+        original(self, env)
+
+    _eval_body._harvester_patched = True  # type: ignore[attr-defined]
+    ErrorEqualsDecl._eval_body = _eval_body
+
+
+def child_record(map_run_record, index: int, child_input, started, program_state, output=None) -> dict:
+    """One child execution as a Distributed Map reports it with Transformation NONE: what a ResultWriter writes
+    for every child, and what the Map's own result holds for a failed child when no ResultWriter is set ("If a
+    child workflow execution fails, Step Functions returns its execution result unchanged",
+    https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html)."""
+    import datetime
+    import json
+
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramError
+
+    run_id = map_run_record.map_run_arn.rsplit(":", 1)[-1]
+    name = f"{run_id.rsplit('/', 1)[-1]}-{index}"
+    record = {
+        "ExecutionArn": f"{map_run_record.map_state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}",
+        "Input": json.dumps(child_input, separators=(",", ":"), default=str),
+        "InputDetails": {"Included": True},
+        "Name": name,
+        "RedriveCount": 0,
+        "StartDate": started.isoformat(),
+        "StateMachineArn": map_run_record.map_state_machine_arn,
+        "StopDate": datetime.datetime.now(tz=datetime.timezone.utc).isoformat(),
+    }
+    if isinstance(program_state, ProgramError):
+        error = program_state.error or {}
+        record.update(Status="FAILED", Error=error.get("error", ""), Cause=error.get("cause", ""),
+                      RedriveStatus="REDRIVABLE")  # fmt: skip
+    else:
+        record.update(Status="SUCCEEDED", Output=json.dumps(output, separators=(",", ":"), default=str),
+                      OutputDetails={"Included": True}, RedriveStatus="NOT_REDRIVABLE")  # fmt: skip
+    return record
+
+
+def install_map_results() -> None:
+    """moto returns `null` for a failed child of a Distributed Map and never checks the Map's result against the
+    256 KiB limit. AWS returns a failed child's whole execution record (its input included) in the Map's result
+    unless a ResultWriter is set, and fails the state with States.DataLimitExceeded when that result passes
+    256 KiB; with a ResultWriter the result goes to S3 and the state's output is the small ResultWriterDetails
+    object (install_result_writer). Each child's record is kept on its map run for the writer."""
+    import datetime
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map import state_map
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import (
+        distributed_iteration_component as dic,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor import (
+        distributed_item_processor_worker as dipw,
+    )
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramError
+
+    worker = dipw.DistributedItemProcessorWorker
+    if getattr(worker._eval_job, "_harvester_results", False):
+        return
+    eval_input, eval_job = worker._eval_input, worker._eval_job
+
+    def _eval_input(self, env_frame):
+        eval_input(self, env_frame)
+        env_frame._harvester_child_input = env_frame.states.get_input()
+
+    def _eval_job(self, env, job):
+        started = datetime.datetime.now(tz=datetime.timezone.utc)
+        eval_job(self, env, job)
+        state = env.program_state()
+        if job.job_output is None and not isinstance(state, ProgramError):
+            return  # timed out or aborted: not a result
+        records = self._map_run_record.__dict__.setdefault("_harvester_children", {})
+        records[job.job_index] = child_record(self._map_run_record, job.job_index,
+                                              getattr(env, "_harvester_child_input", job.job_input), started, state,
+                                              job.job_output)  # fmt: skip
+
+    _eval_job._harvester_results = True  # type: ignore[attr-defined]
+    worker._eval_input, worker._eval_job = _eval_input, _eval_job
+
+    map_run = dic.DistributedIterationComponent._map_run
+
+    @functools.wraps(map_run)
+    def _map_run(self, env, eval_input):
+        map_run(self, env, eval_input)
+        # failed children: their record instead of null (the order of the items is kept)
+        records = eval_input.map_run_record.__dict__.get("_harvester_children", {})
+        env.stack[-1] = [records[i] if out is None and records.get(i, {}).get("Status") == "FAILED" else out
+                         for i, out in enumerate(env.stack[-1])]  # fmt: skip
+
+    _map_run._harvester_results = True  # type: ignore[attr-defined]
+    dic.DistributedIterationComponent._map_run = _map_run
+
+    eval_execution = state_map.StateMap._eval_execution
+
+    @functools.wraps(eval_execution)
+    def _eval_execution(self, env):
+        env._harvester_map_input = env.states.get_input()  # what the ResultWriter's paths read (below)
+        eval_execution(self, env)
+        if self.result_writer is None and isinstance(self.iteration_component, dic.DistributedIterationComponent):
+            self._verify_size_quota(env=env, value=env.stack[-1])  # the result, before ResultSelector/ResultPath
+
+    state_map.StateMap._eval_execution = _eval_execution
+
+
+def install_result_writer() -> None:
+    """moto's ResultWriter writes an empty manifest. AWS writes, under `{Prefix}/{map run id}/`, one file per
+    status with every child's record (SUCCEEDED_0.json, FAILED_0.json: JSON arrays, Transformation NONE) and a
+    manifest.json listing them; the Map's output is `{"MapRunArn", "ResultWriterDetails": {"Bucket", "Key"}}`
+    (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html). The files are written
+    with the state machine's credentials, as AWS does."""
+    import json
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
+        resource_eval_s3 as rw,
+    )
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.result_writer_decl import (
+        ResultWriter,
+    )
+
+    cls = rw.ResourceEvalS3
+    if getattr(cls._handle_put_object, "_harvester_patched", False):
+        return
+    writer_eval = ResultWriter._eval_body
+
+    def _eval_body(self, env):
+        # moto evaluates the writer's Parameters ("Prefix.$") against the Map's result; as on AWS, against the
+        # Map state's input
+        result = env.stack.pop()  # the records carry it (_handle_put_object)
+        env.stack.append(getattr(env, "_harvester_map_input", result))  # what the paths read; popped as "results"
+        writer_eval(self, env)
+
+    ResultWriter._eval_body = _eval_body
+
+    def _handle_put_object(env, resource_runtime_part, state_credentials):
+        parameters = env.stack.pop()
+        env.stack.pop()  # the Map state's input (ResultWriter._eval_body above): the records carry the results
+        s3 = cls._get_s3_client(resource_runtime_part=resource_runtime_part, state_credentials=state_credentials)
+        record = env.map_run_record_pool_manager.get_all().pop()
+        prefix = parameters.get("Prefix", "")
+        prefix = prefix if prefix in ("",) or prefix.endswith("/") else prefix + "/"
+        base = f"{prefix}{record.map_run_arn.rsplit(':', 1)[-1].rsplit('/', 1)[-1]}/"
+        children = [c for _, c in sorted(record.__dict__.get("_harvester_children", {}).items())]
+        files = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        for status in ("SUCCEEDED", "FAILED"):
+            body = json.dumps([c for c in children if c["Status"] == status]).encode()
+            if body != b"[]":
+                key = f"{base}{status}_0.json"
+                s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=body)
+                files[status].append({"Key": key, "Size": len(body)})
+        key = f"{base}manifest.json"
+        manifest = {"DestinationBucket": parameters["Bucket"], "MapRunArn": record.map_run_arn, "ResultFiles": files}
+        s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=json.dumps(manifest, indent=2).encode())
+        env.stack.append({"MapRunArn": record.map_run_arn,
+                          "ResultWriterDetails": {"Bucket": parameters["Bucket"], "Key": key}})  # fmt: skip
+
+    _handle_put_object._harvester_patched = True  # type: ignore[attr-defined]
+    cls._handle_put_object = staticmethod(_handle_put_object)
+
+
 def float_tolerances(definition: str) -> str:
     """moto's ASL grammar rejects an integer ToleratedFailurePercentage (what CDK emits for 50.0); AWS accepts
     both. Rewrite integers to floats in the text handed to moto."""
@@ -218,3 +461,7 @@ def install_all(dispatch) -> None:
     install_tolerance_check()
     install_iterative_pools()
     install_jsonpath_cache()
+    install_size_quota()
+    install_terminal_errors()
+    install_map_results()
+    install_result_writer()

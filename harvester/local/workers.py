@@ -1,23 +1,26 @@
-"""Lambda containers as processes: the local engine's fetch workers, each in its own Python process.
+"""Lambda containers as processes: with `processes=N` every function of the local engine runs in worker processes.
 
 On AWS every fetch invocation has a CPU of its own; in one Python process the whole fleet shares one GIL with
 moto's executor, and a worker's wake-ups come late enough that leased rate-limit tokens expire unused (the
-rate-limit benchmark measured utilisation 0.77 at 50 r/s that way). Here the fetch handler runs in a pool of
-worker processes, as a Lambda container would:
+rate-limit benchmark measured utilisation 0.77 at 50 r/s that way), and a handler in the engine's process cannot
+be stopped at its timeout or held to its memory. Here every handler runs in worker processes, one function per
+process, as a Lambda container would (harvester/local/sandbox.py holds each to its function's timeout, memory and
+ephemeral storage):
 
 - the parent (the engine) keeps moto in memory and serves it over HTTP on 127.0.0.1 (moto's
   `ThreadedMotoServer`, which shares the in-process backends), so workers read and write the same bucket and
   ledger table, and the shared rate limiter's bucket item, through plain boto3 with `AWS_ENDPOINT_URL`;
-- a worker process runs the real handler (`lambdas.fetch:handler`) with a Lambda-like context whose clock
+- a worker process runs the real handler (e.g. `lambdas.fetch:handler`) with a Lambda-like context whose clock
   starts when the invocation starts in the worker (a busy pool queues invocations, as reserved concurrency
   would);
 - the handler's result, or its error's type and message, comes back to the executor, which sees exactly what
   it sees from an in-process handler (a raised error becomes the task's Error and Cause).
 
 Processes come from a forkserver that imported the heavy libraries once, so a new worker costs a fork, not a
-Python start-up. A worker process that dies (killed, out of memory) fails its invocation with the error AWS
-reports when a Lambda runtime exits, `Runtime.ExitError`: the batch is recorded as failed and a resume continues
-it from its checkpoint.
+Python start-up. A worker process that dies (killed from outside) fails its invocation with the error AWS
+reports when a Lambda runtime exits, `Runtime.ExitError`; one stopped at a limit fails it with `Sandbox.Timedout`,
+`Runtime.OutOfMemory` or an ENOSPC `OSError`: the batch is recorded as failed and a resume continues it from its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import importlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from harvester.functions import FunctionDef
+from harvester.local import sandbox
 from harvester.local.moto_patches import lambda_error
 
 #: libraries a worker needs, imported once by the forkserver instead of once per worker process
@@ -94,7 +100,8 @@ def _warm(targets: list[str]) -> int:
     return os.getpid()
 
 
-def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: dict[str, str]) -> tuple[str, Any]:
+def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: dict[str, str],
+            memory_mb: int = 1024) -> tuple[str, Any]:
     from harvester.local.engine import FakeContext  # noqa: PLC0415 - the worker imports only what it runs
 
     # the engine's environment at the time of the call (a spec's credential variable may be set after the pool
@@ -105,74 +112,124 @@ def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: 
     module, func = target.split(":")
     handler = getattr(importlib.import_module(module), func)
     try:
-        return "ok", handler(event, FakeContext(name, timeout))
+        return "ok", handler(event, FakeContext(name, timeout, memory_mb))
     except Exception as exc:  # noqa: BLE001 - every error goes back to the state machine, by name
         report = lambda_error(exc)
         return "error", (report["errorType"], report["errorMessage"], report["stackTrace"])
 
 
 class WorkerPool:
-    """Runs handlers in up to `size` worker processes that talk to moto at `endpoint`."""
+    """Runs handlers in worker processes that talk to moto at `endpoint`: for each function of `functions`, up to
+    `size` sandboxes (harvester/local/sandbox.py: one process each, held to the function's timeout, memory and
+    ephemeral storage), reused while they live; an invocation waits for a free one when all `size` are busy, as
+    reserved concurrency would make it wait. `warm` names the functions whose sandboxes start with the pool."""
 
-    def __init__(self, size: int, endpoint: str, targets: list[str]):
+    def __init__(self, size: int, endpoint: str, functions: dict[str, FunctionDef], warm: tuple[str, ...] = ("fetch",)):
         self.size = size
         self.endpoint = endpoint
-        self.targets = targets
-        self._pool: ProcessPoolExecutor | None = None
+        self.functions = functions
+        self.warm = warm
+        self._ctx = None
+        self._tmp = sandbox.tmp_root()
+        self._idle: dict[str, list[sandbox.Sandbox]] = {name: [] for name in functions}
+        self._busy: dict[str, set[sandbox.Sandbox]] = {name: set() for name in functions}
+        self._starting: dict[str, int] = dict.fromkeys(functions, 0)
+        self._cond = threading.Condition()
+        self._closed = False
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _context(self):
+        if self._ctx is None:
             if "forkserver" in multiprocessing.get_all_start_methods():
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(PRELOAD)
+                self._ctx = multiprocessing.get_context("forkserver")
+                self._ctx.set_forkserver_preload(PRELOAD)
             else:  # Windows: each worker starts Python (slower start, same behaviour)
-                ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(self.endpoint, os.getpid()))
-        return self._pool
+                self._ctx = multiprocessing.get_context("spawn")
+        return self._ctx
+
+    def _new(self, short: str) -> sandbox.Sandbox:
+        return sandbox.Sandbox(self._context(), self.functions[short], f"harvester-{short}", self.endpoint, self._tmp)
 
     def start(self) -> None:
-        """Start every worker and import the handlers now (warm containers): a worker that starts in the middle
-        of a level would hold its share of the rate for its start-up time."""
-        pool = self._executor()
-        for future in [pool.submit(_warm, self.targets) for _ in range(self.size)]:
-            future.result()
+        """Start the warm functions' sandboxes and import their handlers now (warm containers): a worker that
+        starts in the middle of a level would hold its share of the rate for its start-up time."""
+        for short in self.warm:
+            if short in self.functions:
+                with ThreadPoolExecutor(self.size) as starter:
+                    self._idle[short] += list(starter.map(lambda _: self._new(short), range(self.size)))
+
+    def _acquire(self, short: str) -> sandbox.Sandbox:
+        with self._cond:
+            while True:
+                if self._idle[short]:
+                    box = self._idle[short].pop()
+                    self._busy[short].add(box)
+                    return box
+                if len(self._busy[short]) + self._starting[short] < self.size:
+                    self._starting[short] += 1
+                    break
+                self._cond.wait()
+        try:
+            box = self._new(short)  # a cold start, outside the lock
+        finally:
+            with self._cond:
+                self._starting[short] -= 1
+        with self._cond:
+            self._busy[short].add(box)
+        return box
+
+    def _release(self, short: str, box: sandbox.Sandbox, healthy: bool) -> None:
+        with self._cond:
+            self._busy[short].discard(box)
+            if healthy and not self._closed:
+                self._idle[short].append(box)
+            self._cond.notify()
+        if not healthy or self._closed:
+            box.kill()
 
     def invoke(self, target: str, name: str, timeout: float, event: dict[str, Any]) -> Any:
+        short = name.removeprefix("harvester-")
+        box = self._acquire(short)
+        healthy = False
         try:
-            status, value = self._executor().submit(_invoke, target, name, timeout, event, dict(os.environ)).result()
-        except BrokenProcessPool as exc:
-            broken, self._pool = self._pool, None  # a worker died: the next invocation gets a fresh pool
-            if broken is not None:
-                broken.shutdown(wait=False, cancel_futures=True)
-            raise RemoteError("Runtime.ExitError", f"the worker process running {name} exited: {exc}", []) from None
+            status, value = box.invoke(timeout, event, dict(os.environ))
+            healthy = True
+        except sandbox.LimitExceeded as exc:
+            raise RemoteError(exc.error_type, str(exc), []) from None
+        finally:
+            self._release(short, box, healthy)
         if status == "error":
             raise RemoteError(*value)
         return value
 
-    def pids(self) -> list[int]:
-        """The worker processes running now."""
-        return list(self._pool._processes) if self._pool is not None else []
+    def pids(self, function: str | None = None) -> list[int]:
+        """The worker processes running now (of one function: "fetch", ...)."""
+        with self._cond:
+            names = [function] if function else list(self.functions)
+            return [b.pid for n in names for b in [*self._idle[n], *self._busy[n]] if b.alive()]
 
     def terminate(self, grace: float = 3.0) -> None:
-        """Stop every worker now: SIGTERM, then SIGKILL for any still alive after `grace` seconds. Invocations in
-        flight fail as Runtime.ExitError; a later invocation would get fresh workers."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        procs = list(pool._processes.values())
-        for proc in procs:
-            proc.terminate()
+        """Stop every worker now (Ctrl-C, SIGTERM, --timeout): SIGTERM to the busy ones, SIGKILL for every process
+        still alive after `grace` seconds. Invocations in flight fail as Runtime.ExitError."""
+        with self._cond:
+            self._closed = True
+            busy = [b for n in self.functions for b in self._busy[n]]
+            boxes = busy + [b for n in self.functions for b in self._idle[n]]
+            for n in self.functions:
+                self._idle[n].clear()
+        for box in busy:
+            box.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
-        pool.shutdown(wait=False, cancel_futures=True)
+        while any(b.alive() for b in busy) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for box in boxes:
+            box.kill()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._cond:
+            self._closed = True
+            boxes = [b for n in self.functions for b in [*self._idle[n], *self._busy[n]]]
+            for n in self.functions:
+                self._idle[n].clear()
+        for box in boxes:
+            box.stop()
+        sandbox.remove(self._tmp)

@@ -34,6 +34,7 @@ def test_data_wildcards_only_on_declared_prefixes(harvester_app):
     stack = harvester_app.stack
     declared = {p for access in stack.function_access.values() for p in access.prefixes}
     declared |= {w.reader_prefix for w in stack.workflows.values()}
+    declared |= {stack.map_results_prefix(w.reader_prefix) for w in stack.workflows.values()}  # ResultWriter
     for ack in stack.nag_acknowledgments:
         if "DataBucket" in ack.rule:
             prefix = ack.rule.split(".Arn>/", 1)[1].removesuffix("*]")

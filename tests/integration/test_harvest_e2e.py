@@ -217,7 +217,7 @@ def test_a_worker_process_that_dies_fails_its_batch_and_a_resume_finishes_it(ven
 
         def kill_workers(name: str, event: dict) -> None:
             if name.endswith("fetch") and event["level"] == 3 and not killed:
-                for pid in engine.dispatcher.pool.pids():
+                for pid in engine.dispatcher.pool.pids("fetch"):  # the fetch workers (every function has its own)
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
 
@@ -226,7 +226,7 @@ def test_a_worker_process_that_dies_fails_its_batch_and_a_resume_finishes_it(ven
         assert killed and desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete"
         failed = [b for b in engine.ledger.batches(spec.name, "k1", 3) if b.get("status") == "FAILED"]
         assert failed and all(b["error"] == "Runtime.ExitError" for b in failed)
-        assert not set(engine.dispatcher.pool.pids()) & set(killed)  # fresh workers after the deaths
+        assert not set(engine.dispatcher.pool.pids("fetch")) & set(killed)  # fresh workers after the deaths
 
         desc = engine.run({"source": spec.name, "resume": "k1"}, timeout=300)
         assert desc["status"] == "SUCCEEDED", desc.get("cause")
