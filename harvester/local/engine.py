@@ -31,7 +31,7 @@ import boto3
 
 from harvester import definition
 from harvester.ledger import Ledger, create_table_kwargs
-from harvester.local import moto_patches
+from harvester.local import iam, moto_patches
 from harvester.local.workers import WorkerPool
 from harvester.spec import SourceSpec
 
@@ -56,14 +56,19 @@ def function_arn(name: str) -> str:
     return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:harvester-{name}"
 
 
+#: the alias the workflow invokes: CDK substitutes each function's `live` alias ARN (`alias.function_arn`)
+LIVE = "live"
+
+
 def substitutions() -> dict[str, str]:
-    """What CDK substitutes on AWS, with local names."""
+    """What CDK substitutes on AWS, with local names (the functions by their `live` alias ARN, as on AWS, so the
+    state machine's lambda:InvokeFunction grant is checked against the ARN AWS checks)."""
     return {
-        "PlanFunctionArn": function_arn("plan"),
-        "FetchFunctionArn": function_arn("fetch"),
-        "AdvanceFunctionArn": function_arn("advance"),
-        "ConvertFunctionArn": function_arn("convert"),
-        "QueryFunctionArn": function_arn("query"),
+        "PlanFunctionArn": f"{function_arn('plan')}:{LIVE}",
+        "FetchFunctionArn": f"{function_arn('fetch')}:{LIVE}",
+        "AdvanceFunctionArn": f"{function_arn('advance')}:{LIVE}",
+        "ConvertFunctionArn": f"{function_arn('convert')}:{LIVE}",
+        "QueryFunctionArn": f"{function_arn('query')}:{LIVE}",
         "BucketName": BUCKET,
         "LedgerTableName": TABLE,
     }
@@ -112,8 +117,9 @@ class Dispatcher:
             self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
 
     def __call__(self, arn: str, event: dict) -> Any:
-        handler, timeout = self.handlers[arn]
-        name = arn.rsplit(":", 1)[-1]
+        iam.check_invoke(arn)  # as the calling state machine's role, when IAM is enforced
+        name = arn.split(":")[6]  # arn:aws:lambda:region:account:function:name[:qualifier]
+        handler, timeout = self.handlers[function_arn(name.removeprefix("harvester-"))]
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
@@ -121,7 +127,8 @@ class Dispatcher:
         short = name.removeprefix("harvester-")
         if self.pool is not None and short in POOLED:
             return self.pool.invoke(FUNCTIONS[short][0], name, timeout, event)
-        return handler(event, FakeContext(name, timeout))
+        with iam.as_function(name):
+            return handler(event, FakeContext(name, timeout))
 
 
 class LocalState:
@@ -179,7 +186,11 @@ class LocalEngine:
     """Context manager: moto up, patches in, bucket/table/state machine created, state loaded; saved on exit."""
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
-                 processes: int = 0):
+                 processes: int = 0, iam: bool = True):
+        """`iam`: authorize every AWS call of the run as the role that makes it on AWS (harvester/local/iam/);
+        False only to measure what the enforcement costs."""
+        self.iam = iam
+        self.authorizer = None  # the engine's iam.Authorizer while it runs with IAM enforced
         self.state = LocalState(Path(state_dir))
         self.batch_seconds = batch_seconds
         self.processes = processes
@@ -216,6 +227,10 @@ class LocalEngine:
         os.environ.update(env)
         self._stack.callback(self._restore_env)
         self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
+        if self.iam:  # before the worker pool starts: its processes read the model's path from the environment
+            self.authorizer = iam.enable(
+                {"REGION": REGION, "ACCOUNT": ACCOUNT, "BUCKET": BUCKET, "TABLE": TABLE})
+            self._stack.callback(iam.disable)
         # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
         warnings.filterwarnings("ignore", module="aws_lambda_powertools")
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the executor logs every caught error at length

@@ -76,6 +76,7 @@ def install_lambda_dispatch(dispatch) -> None:
     """
     import json
 
+    from botocore.exceptions import ClientError
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
     def invoke(parameters, region, state_credentials):
@@ -83,6 +84,8 @@ def install_lambda_dispatch(dispatch) -> None:
         event = json.loads(raw.decode() if isinstance(raw, (bytes, bytearray)) else raw)
         try:
             result = dispatch(parameters["FunctionName"], event)
+        except ClientError:  # the invocation itself was refused (e.g. AccessDeniedException): Lambda.<code>
+            raise
         except Exception as exc:  # noqa: BLE001 - every error is reported to the state machine
             # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
             return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
