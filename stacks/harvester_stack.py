@@ -336,10 +336,15 @@ class HarvesterStack(cdk.Stack):
                 sid="DeleteObjects", actions=["s3:DeleteObject"],
                 resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_delete]))  # fmt: skip
         if access.prefixes:
-            # lets a missing key answer 404 (NoSuchKey) instead of 403, and lists only these prefixes
+            # lets a missing key answer 404 (NoSuchKey) instead of 403 AccessDenied: S3 decides that with the
+            # GetObject/HeadObject request, which has no s3:prefix key, so a plain StringLike on s3:prefix denied it
+            # and a batch's first checkpoint read failed (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html,
+            # "If you don't have the s3:ListBucket permission, Amazon S3 returns an HTTP status code 403").
+            # ...IfExists: true when the key is absent; a listing that names a prefix stays within these prefixes
+            # (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_IfExists)
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="ListPrefixes", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in access.prefixes]}}))  # fmt: skip
+                conditions={"StringLikeIfExists": {"s3:prefix": [f"{p}*" for p in access.prefixes]}}))  # fmt: skip
         if access.ledger_read_only:
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="LedgerRead", actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"],
