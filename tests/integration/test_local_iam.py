@@ -72,6 +72,15 @@ def test_the_state_machine_integrations_run_as_its_role(vendor_factory, engine, 
         assert failures[0]["taskFailedEventDetails"]["error"] == error
 
 
+def test_a_handler_thread_pool_keeps_the_callers_role(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harvester.local.iam import CALLER
+
+    with acting_as("SomeRole"), ThreadPoolExecutor(2) as pool:
+        assert pool.submit(CALLER.get).result() == "SomeRole"
+
+
 # --- D2: optional keys ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("function", sorted(OPTIONAL_READS))
 def test_an_optional_key_that_does_not_exist_yet_reads_as_absent(engine, function):
@@ -99,5 +108,5 @@ def test_a_harvest_succeeds_with_iam_enforced(vendor_factory, engine, tmp_path):
     spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
     desc = engine.run({"source": spec.name}, timeout=300)
     assert desc["status"] == "SUCCEEDED", desc.get("cause")
-    assert engine.authorizer.checked > 0
+    assert engine.authorizer.checked > 0 and engine.authorizer.unattributed == 0
     assert not [d for d in engine.authorizer.denials if "note" not in d], engine.authorizer.denials

@@ -52,6 +52,7 @@ class Authorizer:
         self.model, self.region, self.account = model, region, account
         self.denials: list[dict] = []
         self.checked = 0
+        self.unattributed = 0  # executor calls outside any state of a modelled state machine (not checked)
         self._lock = threading.Lock()
 
     def principal(self, role: str) -> dict:
@@ -150,6 +151,8 @@ def _caller(request_signer) -> str | None:
     role = CALLER.get()
     if role is None and getattr(getattr(request_signer, "_credentials", None), "access_key", None) == _EXECUTOR_KEY:
         # the executor outside any state of a known state machine (e.g. a test's own machine): not modelled
+        if _active is not None:
+            _active.unattributed += 1
         return None
     return role
 
