@@ -246,13 +246,14 @@ def install_executor_patches() -> None:
 
     concurrent.futures.ThreadPoolExecutor.submit = _submit_in_context
     execute_state.Thread = _ContextThread
-    cls = execute_state.ExecutionState
-    if getattr(cls._eval_state, "_harvester_iam", False):
+    from moto.stepfunctions.parser.asl.component.state.state import CommonStateField  # noqa: PLC0415
+
+    if getattr(CommonStateField._eval_body, "_harvester_iam", False):
         return
-    original_state = cls._eval_state
+    original_state = CommonStateField._eval_body
     original_map = state_map.StateMap._eval_execution
 
-    def _eval_state(self, env):
+    def _eval_body(self, env):
         role = state_machine_role(env.states.context_object.context_object_data["StateMachine"]["Id"])
         with acting_as(role):
             return original_state(self, env)
@@ -262,8 +263,8 @@ def install_executor_patches() -> None:
             _check_child_executions(CALLER.get(), env.states.context_object.context_object_data["StateMachine"]["Id"])
         return original_map(self, env)
 
-    _eval_state._harvester_iam = True  # type: ignore[attr-defined]
-    cls._eval_state = _eval_state
+    _eval_body._harvester_iam = True  # type: ignore[attr-defined]
+    CommonStateField._eval_body = _eval_body
     state_map.StateMap._eval_execution = _eval_map
 
 
