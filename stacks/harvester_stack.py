@@ -171,6 +171,7 @@ class HarvesterStack(cdk.Stack):
         for key, path, keys, reader_prefix in specs:
             self.workflows[key] = self._workflow(key, path, texts[key], keys, reader_prefix)
         harvest = self.workflows["harvest"]
+        self._grant_run_guard(harvest)
         self.state_machine, self.state_machine_version, self.state_machine_alias = (
             harvest.machine, harvest.version, harvest.alias)  # fmt: skip
         self.schedules: SourceSchedules | None = None
@@ -360,6 +361,14 @@ class HarvesterStack(cdk.Stack):
                 sid="SourceSecrets", actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
                 resources=self._secret_arns()))  # fmt: skip
 
+    def _grant_run_guard(self, workflow: Workflow) -> None:
+        """The plan step refuses to resume a run whose execution is still running: it asks Step Functions
+        (DescribeExecution on the `execution` resource type, arn:...:execution:{StateMachineName}:{ExecutionId},
+        https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsstepfunctions.html)."""
+        if "plan" in self.functions:
+            self.functions["plan"].add_to_role_policy(iam.PolicyStatement(
+                sid="RunGuard", actions=["states:DescribeExecution"], resources=[workflow.executions_arn]))  # fmt: skip
+
     def _secret_arns(self) -> list[str]:
         """ARNs of the source secrets; one referenced by name gets Secrets Manager's 6-character suffix pattern."""
         return [s.secret_arn if s.secret_full_arn else f"{s.secret_arn}-??????" for s in self.secrets.values()]
@@ -503,6 +512,12 @@ class HarvesterStack(cdk.Stack):
                 "python3.12 is pinned on purpose: stacks/bundling.py installs cp312 wheels for it; a newer runtime is a "
                 "deliberate change of RUNTIME and PYTHON_VERSION together, checked by the packaging test")  # fmt: skip
 
+        if "plan" in self.functions:
+            harvest = self.workflows["harvest"]
+            ack(self.functions["plan"].role.node.find_child("DefaultPolicy").node.default_child,
+                f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, harvest.executions_arn)}]",
+                "the plan step asks whether the execution that owns a run being resumed still runs; execution names "
+                "are chosen per run; DescribeExecution only, on the executions of this one state machine")  # fmt: skip
         for workflow in self.workflows.values():
             sm_policy = workflow.machine.role.node.find_child("DefaultPolicy").node.default_child
             ack(sm_policy, "AwsSolutions-IAM5[Resource::*]",

@@ -110,3 +110,32 @@ def test_a_harvest_succeeds_with_iam_enforced(vendor_factory, engine, tmp_path):
     assert desc["status"] == "SUCCEEDED", desc.get("cause")
     assert engine.authorizer.checked > 0 and engine.authorizer.unattributed == 0
     assert not [d for d in engine.authorizer.denials if "note" not in d], engine.authorizer.denials
+
+
+# --- D4: the guard against resuming a run that is still running ------------------------------------------------
+def test_resuming_a_run_whose_execution_is_still_running_is_refused(vendor_factory, engine, tmp_path):
+    """The plan step asks Step Functions whether the run's execution still runs (states:DescribeExecution, as the
+    plan function's role). Without that grant AWS answers AccessDeniedException, which the plan step took for
+    "not running": it resumed a run that was still running."""
+    import threading
+
+    vendor = vendor_factory(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=1)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    fetching, release = threading.Event(), threading.Event()
+
+    def hold_fetch(name, event):  # the first execution's first batch waits until the resume has been tried
+        if name == "harvester-fetch" and not fetching.is_set():
+            fetching.set()
+            release.wait(60)
+
+    engine.dispatcher.hooks.append(hold_fetch)
+    first = engine.start({"source": spec.name})
+    try:
+        assert fetching.wait(60)
+        run_id = engine.run_id_of(first, spec.name)
+        desc = engine.wait(engine.start({"source": spec.name, "resume": run_id}), timeout=120)
+        assert desc["status"] == "FAILED", desc
+        assert desc["error"] == "InputError" and "still RUNNING" in json.loads(desc["cause"])["errorMessage"]
+    finally:
+        release.set()
+    assert engine.wait(first, timeout=120)["status"] == "SUCCEEDED"
