@@ -178,6 +178,7 @@ class HarvesterStack(cdk.Stack):
         if self.config.schedules and any(source.schedule for source in self.sources):
             self.schedules = SourceSchedules(self, "Schedules", sources=self.sources,
                                              target_arn=self.state_machine_alias.ref,
+                                             state_machine_arn=self.state_machine.state_machine_arn, qualifier=LIVE,
                                              removal_policy=self.removal_policy)  # fmt: skip
         self.observability = Observability(self, "Observability", stack=self)
         self._outputs()

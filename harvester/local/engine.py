@@ -31,7 +31,7 @@ import boto3
 
 from harvester import definition
 from harvester.ledger import Ledger, create_table_kwargs
-from harvester.local import iam, moto_patches
+from harvester.local import aliases, iam, moto_patches
 from harvester.local.workers import WorkerPool
 from harvester.spec import SourceSpec
 
@@ -248,6 +248,7 @@ class LocalEngine:
             pool.start()
         self.dispatcher = Dispatcher(pool)
         moto_patches.install_all(self.dispatcher)
+        aliases.install_alias_start()
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.dynamodb = boto3.client("dynamodb", region_name=REGION)
@@ -256,19 +257,18 @@ class LocalEngine:
         self.table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
         self.ledger = Ledger(self.table)
         self.state.load(self.s3, self.table)
-        self.state_machine_arn = self.sfn.create_state_machine(
-            name=STATE_MACHINE,
-            definition=rendered_definition(),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
-            type="STANDARD",
-        )["stateMachineArn"]
-        self.query_state_machine_arn = self.sfn.create_state_machine(
-            name=QUERY_STATE_MACHINE,
-            definition=rendered_definition(definition.QUERY_DEFINITION_PATH),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
-            type="STANDARD",
-        )["stateMachineArn"]
+        self.state_machine_arn, self.alias_arn = self._create_workflow(STATE_MACHINE, rendered_definition())
+        self.query_state_machine_arn, self.query_alias_arn = self._create_workflow(
+            QUERY_STATE_MACHINE, rendered_definition(definition.QUERY_DEFINITION_PATH))
         return self
+
+    def _create_workflow(self, name: str, text: str) -> tuple[str, str]:
+        """The state machine with a published version and its `live` alias, as the stack deploys it; returns
+        (state machine ARN, alias ARN)."""
+        made = self.sfn.create_state_machine(name=name, definition=text, type="STANDARD", publish=True,
+                                             roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local")
+        return made["stateMachineArn"], aliases.publish_live(self.sfn, made["stateMachineArn"],
+                                                             made["stateMachineVersionArn"])
 
     def __exit__(self, *exc) -> None:
         try:

@@ -139,3 +139,25 @@ def test_resuming_a_run_whose_execution_is_still_running_is_refused(vendor_facto
     finally:
         release.set()
     assert engine.wait(first, timeout=120)["status"] == "SUCCEEDED"
+
+
+# --- D1: the scheduled path --------------------------------------------------------------------------------------
+def test_the_scheduled_path_starts_and_completes_a_run(vendor_factory, engine, monkeypatch):
+    """What an EventBridge Scheduler schedule does, read from the synthesized template: StartExecution on its
+    target (the live alias ARN) with its input, as its role. Step Functions authorizes a start through an alias
+    on the state machine's own ARN (with states:StateMachineQualifier): a grant on the alias ARN is denied."""
+    from harvester.spec import load_spec
+    from stacks.sources import SOURCES_DIR
+    from tests.integration.conftest import API_KEY
+
+    [schedule] = [s for s in engine.authorizer.model.schedules if json.loads(s["input"]) == {"source": "demo"}]
+    assert schedule["target"] == engine.alias_arn
+    vendor = vendor_factory(troops=1, warriors_per_troop=2, datagroups_per_warrior=1, points_per_datagroup=3)
+    monkeypatch.setenv("DEMO_BASE_URL", vendor.url)
+    monkeypatch.setenv("DEMO_API_KEY", API_KEY)
+    engine.add_source(SOURCES_DIR / "demo.yaml", load_spec(SOURCES_DIR / "demo.yaml"))
+    with acting_as(schedule["role"]):
+        arn = engine.sfn.start_execution(stateMachineArn=schedule["target"], input=schedule["input"])["executionArn"]
+    desc = engine.wait(arn, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    assert engine.run_id_of(arn, "demo")
