@@ -116,6 +116,7 @@ class Workflow:
     qualified_arn: str
     executions_arn: str
     reader_prefix: str
+    map_run_children_arn: str = ""
 
 
 class HarvesterStack(cdk.Stack):
@@ -446,6 +447,7 @@ class HarvesterStack(cdk.Stack):
                                    arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
 
         qualified_arn, executions_arn = arn("stateMachine", f"{name}:*"), arn("execution", f"{name}:*")
+        map_run_children_arn = arn("execution", f"{name}/*")
         called = [self.aliases[k[: -len("FunctionArn")].lower()] for k in keys if k.endswith("FunctionArn")]
         statements = [
             iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
@@ -459,6 +461,11 @@ class HarvesterStack(cdk.Stack):
                                 resources=[arn("stateMachine", name), qualified_arn]),
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
+            # redriving a failed Map Run (console or RedriveExecution of the parent) restarts its failed child
+            # executions, arn:...:execution:{name}/{mapRunLabel}:{id}, as this role ("IAM permission to redrive a
+            # Map Run", https://docs.aws.amazon.com/step-functions/latest/dg/redrive-map-run.html)
+            iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"],
+                                resources=[map_run_children_arn]),
         ]  # fmt: skip
         if "LedgerTableName" in keys:
             # run start/finish and batch failures are written by the workflow itself (direct integration)
@@ -481,7 +488,8 @@ class HarvesterStack(cdk.Stack):
             routing_configuration=[sfn.CfnStateMachineAlias.RoutingConfigurationVersionProperty(
                 state_machine_version_arn=version.attr_arn, weight=100)])  # fmt: skip
         return Workflow(key=key, definition_path=path, machine=machine, version=version, alias=alias, name=name,
-                        qualified_arn=qualified_arn, executions_arn=executions_arn, reader_prefix=reader_prefix)  # fmt: skip
+                        qualified_arn=qualified_arn, executions_arn=executions_arn, reader_prefix=reader_prefix,
+                        map_run_children_arn=map_run_children_arn)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------
     # cdk-nag: what is accepted, where, and why (listed in the README by scripts/nag_acknowledgments.py)
@@ -530,6 +538,9 @@ class HarvesterStack(cdk.Stack):
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.qualified_arn)}]",
                 "an execution started through the live alias or a version starts its Distributed Map children on that "
                 "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip
+            ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.map_run_children_arn)}]",
+                "redriving a failed Map Run restarts its child executions, named by Step Functions under each "
+                "Distributed Map's label; RedriveExecution only, on the child executions of this one state machine")  # fmt: skip
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.executions_arn)}]",
                 "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is "
                 "limited to the executions of this one state machine")  # fmt: skip
