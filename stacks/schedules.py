@@ -83,10 +83,12 @@ class SourceSchedules(Construct):
         )
         # Step Functions authorizes a start through an alias on the state machine's own ARN, never on the alias ARN;
         # states:StateMachineQualifier keeps the grant to the alias the schedules target ("Authorization for
-        # versions and aliases", https://docs.aws.amazon.com/step-functions/latest/dg/auth-version-alias.html)
+        # versions and aliases", https://docs.aws.amazon.com/step-functions/latest/dg/auth-version-alias.html). The
+        # key is multivalued (ArrayOfString), so ForAnyValue: as in that page's example; a plain StringEquals never
+        # matches it
         self.role.add_to_policy(iam.PolicyStatement(
             sid="StartRuns", actions=["states:StartExecution"], resources=[state_machine_arn],
-            conditions={"StringEquals": {"states:StateMachineQualifier": qualifier}}))  # fmt: skip
+            conditions={"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [qualifier]}}))  # fmt: skip
         self.dead_letter_queue.grant_send_messages(self.role)
 
         for source in scheduled:

@@ -49,7 +49,7 @@ def test_schedules_start_the_live_alias_with_a_dead_letter_queue(scheduled):
     # authorized on the state machine's own ARN, kept to the live alias (not on the alias ARN: never matches)
     machine_id = stack.get_logical_id(stack.state_machine.node.default_child)
     assert start["Resource"] == {"Ref": machine_id}
-    assert start["Condition"] == {"StringEquals": {"states:StateMachineQualifier": "live"}}
+    assert start["Condition"] == {"ForAnyValue:StringEquals": {"states:StateMachineQualifier": ["live"]}}
 
 
 def test_the_repo_sources_get_their_schedules(harvester_app):

@@ -125,7 +125,13 @@ def _condition_holds(operator: str, key: str, policy_values: Any, context: dict)
         hit = any(_OPERATORS[base](p, value) for p in patterns)
         return not hit if negated else hit
 
-    request_values = [str(v).lower() if isinstance(v, bool) else str(v) for v in _as_list(context[key])]
+    raw = context[key]
+    if isinstance(raw, (list, tuple)) and not qualifier:
+        # a multivalued key (e.g. states:StateMachineQualifier, aws:TagKeys) needs ForAnyValue:/ForAllValues:; a
+        # single-valued operator does not match it ("Single-valued vs. multivalued context keys",
+        # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html)
+        return False
+    request_values = [str(v).lower() if isinstance(v, bool) else str(v) for v in (raw if isinstance(raw, (list, tuple)) else [raw])]
     if qualifier == "ForAllValues":
         return all(one(v) for v in request_values)
     return any(one(v) for v in request_values)

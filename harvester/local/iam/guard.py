@@ -68,7 +68,8 @@ class Authorizer:
         return decide(policies, action, resource, ctx, self.principal(role))
 
     def decide(self, role: str, request: Request) -> str:
-        return self._decide(role, request.action, request.resource, tuple(sorted(request.context.items())))
+        context = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in request.context.items()))
+        return self._decide(role, request.action, request.resource, context)
 
     def first_denied(self, role: str, requests: list[Request]) -> Request | None:
         with self._lock:

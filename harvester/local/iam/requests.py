@@ -85,10 +85,11 @@ def _dynamodb(op: str, p: dict, region: str, account: str) -> list[Request]:
 def state_machine_request(action: str, arn: str) -> Request:
     """Step Functions authorizes a call on a version or alias ARN on the state machine's own ARN, with the
     version or alias in `states:StateMachineQualifier` ("Authorization for versions and aliases",
-    https://docs.aws.amazon.com/step-functions/latest/dg/auth-version-alias.html)."""
+    https://docs.aws.amazon.com/step-functions/latest/dg/auth-version-alias.html), a multivalued key
+    (ArrayOfString in the Service Authorization Reference: policies test it with ForAnyValue:)."""
     parts = arn.split(":")
     if len(parts) == 8 and parts[5] == "stateMachine":
-        return Request(action, ":".join(parts[:7]), {"states:StateMachineQualifier": parts[7]})
+        return Request(action, ":".join(parts[:7]), {"states:StateMachineQualifier": [parts[7]]})
     return Request(action, arn, {})
 
 
