@@ -161,3 +161,34 @@ def test_the_scheduled_path_starts_and_completes_a_run(vendor_factory, engine, m
     desc = engine.wait(arn, timeout=300)
     assert desc["status"] == "SUCCEEDED", desc.get("cause")
     assert engine.run_id_of(arn, "demo")
+
+
+def test_fetch_worker_processes_act_as_the_fetch_role(vendor_factory, tmp_path):
+    """The fetch handler runs in worker processes that reach moto over HTTP; they authorize as the fetch role
+    too: without its WriteObjects grant, the batch fails with S3's AccessDenied."""
+    import os
+    from pathlib import Path
+
+    from harvester.local.engine import LocalEngine
+    from harvester.local.iam import MODEL_ENV
+    from harvester.spec import load_spec
+
+    vendor = vendor_factory(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=1)
+    with LocalEngine(tmp_path / "state", processes=1) as engine:
+        model = json.loads(Path(os.environ[MODEL_ENV]).read_text())
+        for policy in model["roles"][model["functions"]["fetch"]]:
+            policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "WriteObjects"]
+        narrowed = tmp_path / "model.json"
+        narrowed.write_text(json.dumps(model))
+        saved, os.environ[MODEL_ENV] = os.environ[MODEL_ENV], str(narrowed)  # what each invocation's worker reads
+        try:
+            path = write_spec(tmp_path, vendor, demo_levels())
+            engine.add_source(path, load_spec(path))
+            arn = engine.start({"source": "e2e"})
+            desc = engine.wait(arn, timeout=120)
+        finally:
+            os.environ[MODEL_ENV] = saved
+        assert engine.dispatcher.pool.pids(), "the fetch handler ran in a worker process"
+        items = engine.table.scan()["Items"]
+        assert desc["status"] != "SUCCEEDED", desc
+        assert "AccessDenied" in json.dumps(items, default=str), (desc, items)
