@@ -78,6 +78,7 @@ def test_intrinsics_resolve_to_the_local_names():
 
 def test_the_cache_key_changes_with_the_inputs(tmp_path, monkeypatch):
     """A change to any input of the template (here a state machine definition) gives another cache file."""
+    (tmp_path / "stacks").mkdir()
     (tmp_path / "statemachines").mkdir()
     (tmp_path / "statemachines" / "a.asl.json").write_text("{}")
     monkeypatch.setattr(policies, "ROOT", tmp_path)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from importlib import metadata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,10 +208,19 @@ def synthesize(extra_context: dict | None = None) -> tuple[dict, dict[str, str],
     return template, functions, stack.get_logical_id(stack.bucket.node.default_child)
 
 
-def inputs_hash() -> str:
-    import aws_cdk  # noqa: PLC0415 - the library version is an input too (a cheap import: no synth)
+def _cdk_version() -> str:
+    try:
+        return metadata.version("aws-cdk-lib")
+    except metadata.PackageNotFoundError:
+        raise RuntimeError("IAM enforcement of local runs reads the policies of the CDK app: install it with "
+                           "`pip install -e '.[cdk]'` (and Node.js for cdk synth), or run with --no-iam") from None
 
-    digest = hashlib.sha256(f"aws-cdk-lib {getattr(aws_cdk, '__version__', '?')}\n".encode())
+
+def inputs_hash() -> str:
+    if not (ROOT / "stacks").is_dir():
+        raise RuntimeError(f"IAM enforcement of local runs needs the CDK app (stacks/) next to the package, in {ROOT}: "
+                           "run from a checkout of the repository, or with --no-iam")
+    digest = hashlib.sha256(f"aws-cdk-lib {_cdk_version()}\n".encode())  # the library version is an input too
     for name in INPUTS:
         path = ROOT / name
         files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
