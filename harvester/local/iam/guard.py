@@ -54,12 +54,12 @@ class Authorizer:
         self.checked = 0
         self.unattributed = 0  # executor calls outside any state of a modelled state machine (not checked)
         self._lock = threading.Lock()
+        self._decide = functools.lru_cache(maxsize=16384)(self._decide_uncached)  # per authorizer (per engine)
 
     def principal(self, role: str) -> dict:
         return {"AWS": f"arn:aws:iam::{self.account}:role/{role}", "Account": self.account}
 
-    @functools.lru_cache(maxsize=16384)  # noqa: B019 - one authorizer per engine; the cache dies with it
-    def _decide(self, role: str, action: str, resource: str, context: tuple) -> str:
+    def _decide_uncached(self, role: str, action: str, resource: str, context: tuple) -> str:
         policies = list(self.model.roles.get(role, []))
         # same account: the resource's own policy can allow too, and its Deny counts (bucket and topic policies)
         target = s3_bucket(resource[len("arn:aws:s3:::"):].split("/", 1)[0]) if resource.startswith("arn:aws:s3:::") else resource
