@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import boto3
+from botocore.exceptions import ClientError
 
 from harvester import definition
 from harvester.ledger import Ledger, create_table_kwargs
@@ -117,7 +118,10 @@ class Dispatcher:
             self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), timeout)
 
     def __call__(self, arn: str, event: dict) -> Any:
-        iam.check_invoke(arn)  # as the calling state machine's role, when IAM is enforced
+        try:
+            iam.check_invoke(arn)  # as the calling state machine's role, when IAM is enforced
+        except ClientError as refused:
+            raise moto_patches.InvocationRefused(refused) from None
         name = arn.split(":")[6]  # arn:aws:lambda:region:account:function:name[:qualifier]
         handler, timeout = self.handlers[function_arn(name.removeprefix("harvester-"))]
         with self._lock:

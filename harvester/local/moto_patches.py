@@ -68,6 +68,15 @@ def lambda_error(exc: BaseException) -> dict:
     }
 
 
+class InvocationRefused(Exception):
+    """Raised by a dispatcher when Lambda refuses the invocation itself (e.g. AccessDeniedException: the state
+    machine's role may not invoke the function): `error` is the botocore ClientError the Invoke call raises."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -76,7 +85,6 @@ def install_lambda_dispatch(dispatch) -> None:
     """
     import json
 
-    from botocore.exceptions import ClientError
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
     def invoke(parameters, region, state_credentials):
@@ -84,8 +92,8 @@ def install_lambda_dispatch(dispatch) -> None:
         event = json.loads(raw.decode() if isinstance(raw, (bytes, bytearray)) else raw)
         try:
             result = dispatch(parameters["FunctionName"], event)
-        except ClientError:  # the invocation itself was refused (e.g. AccessDeniedException): Lambda.<code>
-            raise
+        except InvocationRefused as refused:  # not a function error: the task fails with Lambda.<code>
+            raise refused.error from None
         except Exception as exc:  # noqa: BLE001 - every error is reported to the state machine
             # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
             return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",

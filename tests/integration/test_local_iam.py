@@ -81,6 +81,19 @@ def test_a_handler_thread_pool_keeps_the_callers_role(engine):
         assert pool.submit(CALLER.get).result() == "SomeRole"
 
 
+def test_a_denial_inside_a_handler_is_the_functions_error(vendor_factory, engine, tmp_path):
+    """A handler whose own call is denied fails as a function error named after the exception (as Lambda reports
+    it), not as a refused invocation (Lambda.AccessDeniedException)."""
+    vendor = vendor_factory(troops=1, warriors_per_troop=1, datagroups_per_warrior=1, points_per_datagroup=1)
+    spec = engine.add(write_spec(tmp_path, vendor, demo_levels()))
+    for policy in engine.authorizer.model.roles[role(engine, "plan")]:
+        policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "WriteObjects"]
+    engine.authorizer._decide.cache_clear()
+    desc = engine.wait(engine.start({"source": spec.name}), timeout=60)
+    assert desc["status"] == "FAILED"
+    assert not desc["error"].startswith("Lambda.") and "AccessDenied" in desc["error"] + desc["cause"], desc
+
+
 # --- D2: optional keys ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("function", sorted(OPTIONAL_READS))
 def test_an_optional_key_that_does_not_exist_yet_reads_as_absent(engine, function):
