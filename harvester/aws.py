@@ -89,7 +89,11 @@ def run_spec(run: dict) -> SourceSpec:
     return _run_spec(setting("HARVESTER_BUCKET"), run["spec_key"], run["spec_hash"])
 
 
-def execution_status(execution_arn: str) -> str:
+def execution_status(execution_arn: str) -> str | None:
+    """The execution's status, or None when Step Functions has no such execution (ExecutionDoesNotExist)."""
     if not hasattr(_local, "sfn"):
         _local.sfn = boto3.client("stepfunctions")
-    return _local.sfn.describe_execution(executionArn=execution_arn)["status"]
+    try:
+        return _local.sfn.describe_execution(executionArn=execution_arn)["status"]
+    except _local.sfn.exceptions.ExecutionDoesNotExist:
+        return None

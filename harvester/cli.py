@@ -71,18 +71,20 @@ def execute(
     batch_seconds: float | None = None,
     audit: bool = True,
     processes: int | None = None,
+    iam: bool = True,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], float]:
     """Run one execution of the workflow locally; returns (run item, execution description, seconds).
 
     ``processes``: worker processes per function, each held to its function's limits (default: the workers a
     level of the spec runs at once, ``SourceSpec.workers()``, at most MAX_PROCESSES, so a level's Map never waits
-    for a free worker; 0: every handler in this process)."""
+    for a free worker; 0: every handler in this process). ``iam``: authorize every AWS call as the role that makes
+    it on AWS (False: only to measure what that costs)."""
     from harvester.local.engine import LocalEngine
     from harvester.local.report import Progress, audit as audit_run, summary_lines
 
     if processes is None:
         processes = min(spec.workers(), MAX_PROCESSES)
-    with LocalEngine(state, batch_seconds=batch_seconds, processes=processes,
+    with LocalEngine(state, batch_seconds=batch_seconds, processes=processes, iam=iam,
                      command=f"harvest {' '.join(sys.argv[1:3])}".strip()) as engine:
         if spec_path is not None:
             engine.add_source(spec_path, spec)
@@ -146,7 +148,7 @@ def cmd_run(args) -> int:
     if args.run_id:
         execution_input["run_id"] = args.run_id
     run, desc, _ = execute(spec, Path(args.spec), execution_input, args.state, timeout=args.timeout,
-                           processes=args.processes)
+                           processes=args.processes, iam=not args.no_iam)
     return exit_code(desc)
 
 
@@ -159,7 +161,7 @@ def cmd_resume(args) -> int:
 
     with demo_vendor_for(args.state, spec):  # a demo run: its simulated vendor again, on the same port
         run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state,
-                               timeout=args.timeout, processes=args.processes)
+                               timeout=args.timeout, processes=args.processes, iam=not args.no_iam)
     return exit_code(desc)
 
 
@@ -304,11 +306,12 @@ def query_from_args(args) -> dict[str, Any]:
     return query
 
 
-def run_query(state: Path, query: dict[str, Any], *, timeout: float) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+def run_query(state: Path, query: dict[str, Any], *, timeout: float,
+              iam: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
     """One execution of the query workflow on the local engine over the state folder's lake."""
     from harvester.local.engine import LocalEngine
 
-    with LocalEngine(state, lock=False) as engine:  # a reader: works during a run in the same folder
+    with LocalEngine(state, lock=False, iam=iam) as engine:  # a reader: works during a run in the same folder
         t0 = time.monotonic()
         desc, result = engine.query(query, timeout=timeout)
         return desc, result, time.monotonic() - t0
@@ -336,7 +339,7 @@ def cmd_query(args) -> int:
         return 2
     if args.print_query:
         print(json.dumps(query, indent=1))
-    desc, result, seconds = run_query(args.state, query, timeout=args.timeout)
+    desc, result, seconds = run_query(args.state, query, timeout=args.timeout, iam=not args.no_iam)
     if result is None:
         cause = desc.get("cause", "")
         try:
@@ -375,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, timeout=3600.0, workers=True):
         sp.add_argument("--state", type=Path, default=DEFAULT_STATE, help="folder kept between commands (bucket mirror + ledger)")
         sp.add_argument("--timeout", type=float, default=timeout, help="seconds before the local execution is stopped")
+        sp.add_argument("--no-iam", action="store_true",
+                        help="do not authorize AWS calls against the stack's IAM policies (on by default, as on AWS; "
+                             "off only to measure what the check costs)")
         if not workers:
             return
         sp.add_argument("--processes", type=int, default=None, metavar="N",

@@ -75,16 +75,15 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         raise SpecError(f"base_url {url} does not answer ({parts.hostname}:{port}: {exc})") from None
 
 
-def _still_running(prior: dict[str, Any], execution_status: Callable[[str], str] | None) -> bool:
+def _still_running(prior: dict[str, Any], execution_status: Callable[[str], str | None] | None) -> bool:
     """A run item says RUNNING until the workflow records the end; an execution that was stopped or timed out
     never does. Ask Step Functions whether the execution that owns the run is really still running."""
     arn = prior.get("execution_arn")
     if not arn or execution_status is None:
         return True
-    try:
-        return execution_status(arn) == "RUNNING"
-    except Exception:  # noqa: BLE001 - unknown execution (e.g. expired history): not running
-        return False
+    # None: Step Functions has no such execution (e.g. its history expired): not running. Any other error (such
+    # as AccessDeniedException) propagates: a guard that cannot ask must not answer "not running"
+    return execution_status(arn) == "RUNNING"
 
 
 def plan_run(
@@ -97,7 +96,7 @@ def plan_run(
     store: storage.Store,
     ledger: Ledger,
     check_url: Callable[[str], None] = check_reachable,
-    execution_status: Callable[[str], str] | None = None,
+    execution_status: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
     """Validate everything, then write the spec and the level-0 manifest. Nothing is written on a bad input."""
     req = parse_input(raw_input)

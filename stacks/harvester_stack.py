@@ -69,6 +69,7 @@ class Workflow:
     qualified_arn: str
     executions_arn: str
     reader_prefix: str
+    map_run_children_arn: str = ""
 
 
 class HarvesterStack(cdk.Stack):
@@ -125,12 +126,14 @@ class HarvesterStack(cdk.Stack):
         for key, path, keys, reader_prefix in specs:
             self.workflows[key] = self._workflow(key, path, texts[key], keys, reader_prefix)
         harvest = self.workflows["harvest"]
+        self._grant_run_guard(harvest)
         self.state_machine, self.state_machine_version, self.state_machine_alias = (
             harvest.machine, harvest.version, harvest.alias)  # fmt: skip
         self.schedules: SourceSchedules | None = None
         if self.config.schedules and any(source.schedule for source in self.sources):
             self.schedules = SourceSchedules(self, "Schedules", sources=self.sources,
                                              target_arn=self.state_machine_alias.ref,
+                                             state_machine_arn=self.state_machine.state_machine_arn, qualifier=LIVE,
                                              removal_policy=self.removal_policy)  # fmt: skip
         self.observability = Observability(self, "Observability", stack=self)
         self._outputs()
@@ -303,10 +306,15 @@ class HarvesterStack(cdk.Stack):
                 sid="DeleteObjects", actions=["s3:DeleteObject"],
                 resources=[self.bucket.arn_for_objects(f"{p}*") for p in access.s3_delete]))  # fmt: skip
         if access.prefixes:
-            # lets a missing key answer 404 (NoSuchKey) instead of 403, and lists only these prefixes
+            # lets a missing key answer 404 (NoSuchKey) instead of 403 AccessDenied: S3 decides that with the
+            # GetObject/HeadObject request, which has no s3:prefix key, so a plain StringLike on s3:prefix denied it
+            # and a batch's first checkpoint read failed (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html,
+            # "If you don't have the s3:ListBucket permission, Amazon S3 returns an HTTP status code 403").
+            # ...IfExists: true when the key is absent; a listing that names a prefix stays within these prefixes
+            # (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_IfExists)
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="ListPrefixes", actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in access.prefixes]}}))  # fmt: skip
+                conditions={"StringLikeIfExists": {"s3:prefix": [f"{p}*" for p in access.prefixes]}}))  # fmt: skip
         if access.ledger_read_only:
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="LedgerRead", actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchGetItem"],
@@ -321,6 +329,14 @@ class HarvesterStack(cdk.Stack):
             fn.add_to_role_policy(iam.PolicyStatement(
                 sid="SourceSecrets", actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
                 resources=self._secret_arns()))  # fmt: skip
+
+    def _grant_run_guard(self, workflow: Workflow) -> None:
+        """The plan step refuses to resume a run whose execution is still running: it asks Step Functions
+        (DescribeExecution on the `execution` resource type, arn:...:execution:{StateMachineName}:{ExecutionId},
+        https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsstepfunctions.html)."""
+        if "plan" in self.functions:
+            self.functions["plan"].add_to_role_policy(iam.PolicyStatement(
+                sid="RunGuard", actions=["states:DescribeExecution"], resources=[workflow.executions_arn]))  # fmt: skip
 
     def _secret_arns(self) -> list[str]:
         """ARNs of the source secrets; one referenced by name gets Secrets Manager's 6-character suffix pattern."""
@@ -404,6 +420,7 @@ class HarvesterStack(cdk.Stack):
                                    arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)  # fmt: skip
 
         qualified_arn, executions_arn = arn("stateMachine", f"{name}:*"), arn("execution", f"{name}:*")
+        map_run_children_arn = arn("execution", f"{name}/*")
         called = [self.aliases[k[: -len("FunctionArn")].lower()] for k in keys if k.endswith("FunctionArn")]
         statements = [
             iam.PolicyStatement(sid="InvokeFunctions", actions=["lambda:InvokeFunction"],
@@ -417,6 +434,11 @@ class HarvesterStack(cdk.Stack):
                                 resources=[arn("stateMachine", name), qualified_arn]),
             iam.PolicyStatement(sid="ManageChildExecutions", actions=["states:DescribeExecution", "states:StopExecution"],
                                 resources=[executions_arn]),
+            # redriving a failed Map Run (console or RedriveExecution of the parent) restarts its failed child
+            # executions, arn:...:execution:{name}/{mapRunLabel}:{id}, as this role ("IAM permission to redrive a
+            # Map Run", https://docs.aws.amazon.com/step-functions/latest/dg/redrive-map-run.html)
+            iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"],
+                                resources=[map_run_children_arn]),
         ]  # fmt: skip
         if '"ResultWriter"' in text:
             # Distributed Map ResultWriter: every child's result under {prefix}.../map-results/{map run id}/ (the
@@ -447,7 +469,8 @@ class HarvesterStack(cdk.Stack):
             routing_configuration=[sfn.CfnStateMachineAlias.RoutingConfigurationVersionProperty(
                 state_machine_version_arn=version.attr_arn, weight=100)])  # fmt: skip
         return Workflow(key=key, definition_path=path, machine=machine, version=version, alias=alias, name=name,
-                        qualified_arn=qualified_arn, executions_arn=executions_arn, reader_prefix=reader_prefix)  # fmt: skip
+                        qualified_arn=qualified_arn, executions_arn=executions_arn, reader_prefix=reader_prefix,
+                        map_run_children_arn=map_run_children_arn)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------
     # cdk-nag: what is accepted, where, and why (listed in the README by scripts/nag_acknowledgments.py)
@@ -479,6 +502,12 @@ class HarvesterStack(cdk.Stack):
                 "python3.12 is pinned on purpose: stacks/bundling.py installs cp312 wheels for it; a newer runtime is a "
                 "deliberate change of RUNTIME and PYTHON_VERSION together, checked by the packaging test")  # fmt: skip
 
+        if "plan" in self.functions:
+            harvest = self.workflows["harvest"]
+            ack(self.functions["plan"].role.node.find_child("DefaultPolicy").node.default_child,
+                f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, harvest.executions_arn)}]",
+                "the plan step asks whether the execution that owns a run being resumed still runs; execution names "
+                "are chosen per run; DescribeExecution only, on the executions of this one state machine")  # fmt: skip
         for workflow in self.workflows.values():
             if self.config.workflowLogLevel != "ALL":
                 ack(workflow.machine.node.default_child, "AwsSolutions-SF1",
@@ -501,6 +530,9 @@ class HarvesterStack(cdk.Stack):
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.qualified_arn)}]",
                 "an execution started through the live alias or a version starts its Distributed Map children on that "
                 "qualified ARN; version numbers are assigned at publish time; only this state machine's versions/aliases")  # fmt: skip
+            ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.map_run_children_arn)}]",
+                "redriving a failed Map Run restarts its child executions, named by Step Functions under each "
+                "Distributed Map's label; RedriveExecution only, on the child executions of this one state machine")  # fmt: skip
             ack(sm_policy, f"AwsSolutions-IAM5[Resource::{nag.finding_resource(self, workflow.executions_arn)}]",
                 "Distributed Map child executions get names chosen by Step Functions; Describe/StopExecution is "
                 "limited to the executions of this one state machine")  # fmt: skip

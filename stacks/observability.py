@@ -52,6 +52,16 @@ class Observability(Construct):
         self.key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
         self.topic = sns.Topic(self, "AlarmTopic", display_name=f"{stack.stack_name} alarms", master_key=self.key,
                                enforce_ssl=True)  # fmt: skip
+        # the topic policy CDK writes (enforce_ssl) replaces SNS's default one, so CloudWatch needs its own statement,
+        # kept to this account's alarms (aws:SourceArn/aws:SourceAccount against the confused deputy: "Amazon SNS
+        # access control case examples", https://docs.aws.amazon.com/sns/latest/dg/sns-access-policy-use-cases.html)
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowCloudWatchAlarms", actions=["sns:Publish"], resources=[self.topic.topic_arn],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            conditions={"ArnLike": {"aws:SourceArn": stack.format_arn(service="cloudwatch", resource="alarm",
+                                                                     resource_name="*",
+                                                                     arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)},
+                        "StringEquals": {"aws:SourceAccount": stack.account}}))  # fmt: skip
         if config.alarmEmail:
             self.topic.add_subscription(subs.EmailSubscription(config.alarmEmail))
         self.alarms: dict[str, cw.Alarm] = {}

@@ -53,6 +53,8 @@ class SourceSchedules(Construct):
         *,
         sources: list[SourceInfo],
         target_arn: str,
+        state_machine_arn: str,
+        qualifier: str,
         retention_days: int = 14,
         removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
@@ -79,8 +81,14 @@ class SourceSchedules(Construct):
                 "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": account}}
             ),
         )
-        self.role.add_to_policy(iam.PolicyStatement(sid="StartRuns", actions=["states:StartExecution"],
-                                                    resources=[target_arn]))  # fmt: skip
+        # Step Functions authorizes a start through an alias on the state machine's own ARN, never on the alias ARN;
+        # states:StateMachineQualifier keeps the grant to the alias the schedules target ("Authorization for
+        # versions and aliases", https://docs.aws.amazon.com/step-functions/latest/dg/auth-version-alias.html). The
+        # key is multivalued (ArrayOfString), so ForAnyValue: as in that page's example; a plain StringEquals never
+        # matches it
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="StartRuns", actions=["states:StartExecution"], resources=[state_machine_arn],
+            conditions={"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [qualifier]}}))  # fmt: skip
         self.dead_letter_queue.grant_send_messages(self.role)
 
         for source in scheduled:

@@ -48,7 +48,7 @@ def run_demo(args) -> int:
         print(f"simulated vendor on {vendor.url}: {truth} records, limit {vendor.config.rate} r/s "
               f"(burst {vendor.config.burst}), latency {args.latency_ms} ms", file=sys.stderr, flush=True)
         run, desc, seconds = execute(spec, args.spec, {"source": spec.name}, args.state, timeout=args.timeout, audit=False,
-                                     processes=args.processes)
+                                     processes=args.processes, iam=not args.no_iam)
         stats = vendor.stats()
         data = vendor.data
         start = data.config.start
@@ -74,7 +74,7 @@ def run_demo(args) -> int:
           f"busiest second {busiest[1] if busiest else 0} (limit {vendor.config.rate} + burst {vendor.config.burst}), "
           f"seconds over the limit: {over}" + (f", utilisation {utilisation:.2f}" if utilisation else ""))
     ok &= lake_check(run, spec)
-    ok &= showcase_query(args.state, spec.name, start, end, timeout=args.timeout)
+    ok &= showcase_query(args.state, spec.name, start, end, timeout=args.timeout, iam=not args.no_iam)
     print("demo " + ("OK: every record harvested exactly once, converted and queried" if ok else "FAILED"))
     return 0 if ok and not over else 1
 
@@ -138,7 +138,7 @@ def lake_check(run: dict, spec) -> bool:
     return ok
 
 
-def showcase_query(state, source: str, start, end, *, timeout: float) -> bool:
+def showcase_query(state, source: str, start, end, *, timeout: float, iam: bool = True) -> bool:
     """Seed 001's question through the query workflow: uptime % of the data points by firmware version."""
     from harvester.cli import query_lines, run_query
 
@@ -151,7 +151,7 @@ def showcase_query(state, source: str, start, end, *, timeout: float) -> bool:
     print(f"uptime by firmware, {query['start']} .. {query['end']} (harvest query --local --state {state} "
           f"--source {source} --level points --start {query['start']} --end {query['end']} "
           f"--group-by warriors.firmware --agg 'count as points' --agg 'share:status=up as uptime'):")
-    desc, result, seconds = run_query(state, query, timeout=timeout)
+    desc, result, seconds = run_query(state, query, timeout=timeout, iam=iam)
     if result is None:
         print(f"query {desc['status']}: {desc.get('error')}: {desc.get('cause', '')[:500]}")
         return False

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import boto3
+from botocore.exceptions import ClientError
 
 from harvester import definition
 from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG, FunctionDef
 from harvester.ledger import Ledger, create_table_kwargs
-from harvester.local import moto_patches
+from harvester.local import aliases, iam, moto_patches
 from harvester.local import state as state_store
 from harvester.local.state import LocalState
 from harvester.local.workers import WorkerPool
@@ -57,14 +58,19 @@ def function_arn(name: str) -> str:
     return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:harvester-{name}"
 
 
+#: the alias the workflow invokes: CDK substitutes each function's `live` alias ARN (`alias.function_arn`)
+LIVE = "live"
+
+
 def substitutions() -> dict[str, str]:
-    """What CDK substitutes on AWS, with local names."""
+    """What CDK substitutes on AWS, with local names (the functions by their `live` alias ARN, as on AWS, so the
+    state machine's lambda:InvokeFunction grant is checked against the ARN AWS checks)."""
     return {
-        "PlanFunctionArn": function_arn("plan"),
-        "FetchFunctionArn": function_arn("fetch"),
-        "AdvanceFunctionArn": function_arn("advance"),
-        "ConvertFunctionArn": function_arn("convert"),
-        "QueryFunctionArn": function_arn("query"),
+        "PlanFunctionArn": f"{function_arn('plan')}:{LIVE}",
+        "FetchFunctionArn": f"{function_arn('fetch')}:{LIVE}",
+        "AdvanceFunctionArn": f"{function_arn('advance')}:{LIVE}",
+        "ConvertFunctionArn": f"{function_arn('convert')}:{LIVE}",
+        "QueryFunctionArn": f"{function_arn('query')}:{LIVE}",
         "BucketName": BUCKET,
         "LedgerTableName": TABLE,
     }
@@ -112,8 +118,12 @@ class Dispatcher:
             self.handlers[function_arn(name)] = (getattr(importlib.import_module(module), func), fdef.timeout_s)
 
     def __call__(self, arn: str, event: dict) -> Any:
-        handler, timeout = self.handlers[arn]
-        name = arn.rsplit(":", 1)[-1]
+        try:
+            iam.check_invoke(arn)  # as the calling state machine's role, when IAM is enforced
+        except ClientError as refused:
+            raise moto_patches.InvocationRefused(refused) from None
+        name = arn.split(":")[6]  # arn:aws:lambda:region:account:function:name[:qualifier]
+        handler, timeout = self.handlers[function_arn(name.removeprefix("harvester-"))]
         with self._lock:
             self.invocations[name] = self.invocations.get(name, 0) + 1
         for hook in self.hooks:
@@ -122,7 +132,8 @@ class Dispatcher:
         if self.pool is not None:
             return self.pool.invoke(fdef.target, name, timeout, event)
         started = time.monotonic()
-        result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
+        with iam.as_function(name):
+            result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
         if time.monotonic() - started > timeout:
             raise moto_patches.LambdaKilled(f"Task timed out after {timeout:.2f} seconds")
         return result
@@ -136,12 +147,15 @@ class LocalEngine:
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
                  processes: int = 0, functions: dict[str, dict[str, Any]] | None = None, lock: bool = True,
-                 command: str = "harvest"):
+                 command: str = "harvest", iam: bool = True):
         """`processes`: run every function in worker processes, up to this many per function, each held to its
         function's limits (0: all in this process); `functions`: catalog values to change for this engine, e.g.
-        `{"fetch": {"timeout_s": 2}}` (tests)."""
+        `{"fetch": {"timeout_s": 2}}` (tests); `iam`: authorize every AWS call of the run as the role that makes it
+        on AWS (harvester/local/iam/), False only to measure what the enforcement costs."""
         self.functions = {name: dataclasses.replace(f, **(functions or {}).get(name, {}))
                           for name, f in FUNCTION_CATALOG.items()}  # fmt: skip
+        self.iam = iam
+        self.authorizer = None  # the engine's iam.Authorizer while it runs with IAM enforced
         self.state = LocalState(Path(state_dir))
         self.lock = lock
         self.command = command
@@ -185,6 +199,10 @@ class LocalEngine:
         self._stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
         # entered before the worker pool, so it ends after the pool's last write
         self._stack.enter_context(state_store.writing_through(self.state, BUCKET, TABLE))
+        if self.iam:  # before the worker pool starts: its processes read the model's path from the environment
+            self.authorizer = iam.enable(
+                {"REGION": REGION, "ACCOUNT": ACCOUNT, "BUCKET": BUCKET, "TABLE": TABLE})
+            self._stack.callback(iam.disable)
         # handlers share module-level Powertools objects across moto's threads; their warnings are noise here
         warnings.filterwarnings("ignore", module="aws_lambda_powertools")
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the executor logs every caught error at length
@@ -202,6 +220,7 @@ class LocalEngine:
             pool.start()
         self.dispatcher = Dispatcher(pool, self.functions)
         moto_patches.install_all(self.dispatcher)
+        aliases.install_alias_start()
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.dynamodb = boto3.client("dynamodb", region_name=REGION)
@@ -210,19 +229,18 @@ class LocalEngine:
         self.table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
         self.ledger = Ledger(self.table)
         self.state.load(self.s3, BUCKET, self.dynamodb, TABLE)
-        self.state_machine_arn = self.sfn.create_state_machine(
-            name=STATE_MACHINE,
-            definition=rendered_definition(),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
-            type="STANDARD",
-        )["stateMachineArn"]
-        self.query_state_machine_arn = self.sfn.create_state_machine(
-            name=QUERY_STATE_MACHINE,
-            definition=rendered_definition(definition.QUERY_DEFINITION_PATH),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local",
-            type="STANDARD",
-        )["stateMachineArn"]
+        self.state_machine_arn, self.alias_arn = self._create_workflow(STATE_MACHINE, rendered_definition())
+        self.query_state_machine_arn, self.query_alias_arn = self._create_workflow(
+            QUERY_STATE_MACHINE, rendered_definition(definition.QUERY_DEFINITION_PATH))
         return self
+
+    def _create_workflow(self, name: str, text: str) -> tuple[str, str]:
+        """The state machine with a published version and its `live` alias, as the stack deploys it; returns
+        (state machine ARN, alias ARN)."""
+        made = self.sfn.create_state_machine(name=name, definition=text, type="STANDARD", publish=True,
+                                             roleArn=f"arn:aws:iam::{ACCOUNT}:role/harvester-local")
+        return made["stateMachineArn"], aliases.publish_live(self.sfn, made["stateMachineArn"],
+                                                             made["stateMachineVersionArn"])
 
     def __exit__(self, *exc) -> None:
         try:

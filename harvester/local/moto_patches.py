@@ -76,6 +76,15 @@ def lambda_error(exc: BaseException) -> dict:
 MAX_LAMBDA_RESPONSE_BYTES = 6_291_556
 
 
+class InvocationRefused(Exception):
+    """Raised by a dispatcher when Lambda refuses the invocation itself (e.g. AccessDeniedException: the state
+    machine's role may not invoke the function): `error` is the botocore ClientError the Invoke call raises."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 def install_lambda_dispatch(dispatch) -> None:
     """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
 
@@ -91,6 +100,8 @@ def install_lambda_dispatch(dispatch) -> None:
         event = json.loads(raw.decode() if isinstance(raw, (bytes, bytearray)) else raw)
         try:
             result = dispatch(parameters["FunctionName"], event)
+        except InvocationRefused as refused:  # not a function error: the task fails with Lambda.<code>
+            raise refused.error from None
         except Exception as exc:  # noqa: BLE001 - every error is reported to the state machine
             # as Lambda reports an unhandled error: the Cause the state machine sees is this JSON
             return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",

@@ -38,6 +38,7 @@ from typing import Any
 
 from harvester.functions import FunctionDef
 from harvester.local import sandbox
+from harvester.local.iam import as_function
 from harvester.local.moto_patches import lambda_error
 
 #: libraries a worker needs, imported once by the forkserver instead of once per worker process
@@ -112,7 +113,8 @@ def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: 
     module, func = target.split(":")
     handler = getattr(importlib.import_module(module), func)
     try:
-        return "ok", handler(event, FakeContext(name, timeout, memory_mb))
+        with as_function(name):  # the function's role, when the engine enforces IAM
+            return "ok", handler(event, FakeContext(name, timeout, memory_mb))
     except Exception as exc:  # noqa: BLE001 - every error goes back to the state machine, by name
         report = lambda_error(exc)
         return "error", (report["errorType"], report["errorMessage"], report["stackTrace"])

@@ -46,7 +46,10 @@ def test_schedules_start_the_live_alias_with_a_dead_letter_queue(scheduled):
     role_id = stack.get_logical_id(stack.schedules.role.node.default_child)
     [policy] = [p for _, p in resource(cfn, "AWS::IAM::Policy") if {"Ref": role_id} in p["Properties"]["Roles"]]
     [start] = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "states:StartExecution"]
-    assert start["Resource"] == {"Ref": alias_id}
+    # authorized on the state machine's own ARN, kept to the live alias (not on the alias ARN: never matches)
+    machine_id = stack.get_logical_id(stack.state_machine.node.default_child)
+    assert start["Resource"] == {"Ref": machine_id}
+    assert start["Condition"] == {"ForAnyValue:StringEquals": {"states:StateMachineQualifier": ["live"]}}
 
 
 def test_the_repo_sources_get_their_schedules(harvester_app):

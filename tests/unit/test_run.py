@@ -262,6 +262,29 @@ def test_resume_of_a_running_run_is_refused(aws, vendor, tmp_path, monkeypatch, 
     assert "still RUNNING" in str(info.value)
 
 
+def test_resume_guard_that_cannot_ask_step_functions_fails_instead_of_resuming(aws, vendor, tmp_path, monkeypatch,
+                                                                               mini_source):
+    """Only "no such execution" means not running; an AccessDeniedException (the plan role without
+    states:DescribeExecution on AWS) must not turn the guard off."""
+    from botocore.exceptions import ClientError
+
+    store, ledger, table = aws
+    first = plan({"source": "mini", "run_id": "r1"}, aws, tmp_path)
+    record_run_start(table, first, status="RUNNING")
+    table.update_item(Key={"pk": first["run"]["pk"], "sk": "RUN"}, UpdateExpression="SET execution_arn = :a",
+                      ExpressionAttributeValues={":a": "arn:aws:states:us-east-1:123456789012:execution:sm:e1"})
+
+    def denied(arn):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "DescribeExecution")
+
+    with pytest.raises(ClientError):
+        plan({"source": "mini", "resume": "r1"}, aws, tmp_path, execution_status=denied)
+    with pytest.raises(InputError, match="still RUNNING"):
+        plan({"source": "mini", "resume": "r1"}, aws, tmp_path, execution_status=lambda arn: "RUNNING")
+    again = plan({"source": "mini", "resume": "r1"}, aws, tmp_path, execution_status=lambda arn: None)
+    assert again["run"]["attempt"] == 2
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # advance_level: a whole small run, level by level, with the real worker between the steps
 # ---------------------------------------------------------------------------------------------------------------
