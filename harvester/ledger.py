@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 
 #: the table's key schema, shared by the CDK stack and the local engine
 PARTITION_KEY = "pk"
@@ -88,6 +88,28 @@ class Ledger:
             Limit=limit,
         )
         return [_plain(i) for i in resp.get("Items", [])]
+
+    def sources(self) -> list[str]:
+        """Every source with a run, from the GSI (it holds run items only, so the scan reads no batch items)."""
+        found: set[str] = set()
+        kwargs: dict[str, Any] = {"IndexName": GSI_NAME, "ProjectionExpression": GSI_PARTITION_KEY}
+        while True:
+            resp = self.table.scan(**kwargs)
+            found.update(i[GSI_PARTITION_KEY].removeprefix("SOURCE#") for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return sorted(found)
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def find_runs(self, run_id: str) -> list[dict[str, Any]]:
+        """The run items with this run id, whatever their source (a GSI scan: run items only)."""
+        found: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"IndexName": GSI_NAME, "FilterExpression": Attr("run_id").eq(run_id)}
+        while True:
+            resp = self.table.scan(**kwargs)
+            found.extend(_plain(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return found
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def record_level(self, source: str, run_id: str, level_name: str, counts: dict[str, int], totals: dict[str, int]) -> None:
         self.table.update_item(
