@@ -15,6 +15,10 @@ from typing import Any, Callable, Iterator
 from harvester.cli.codes import BadInput
 from harvester.ledger import Ledger
 
+#: the stack outputs the CLI reads (stacks/harvester_stack.py `_outputs`); the first three it cannot do without
+REQUIRED_OUTPUTS = ("StateMachineAliasArn", "BucketName", "LedgerTableName")
+OPTIONAL_OUTPUTS = ("QueryStateMachineAliasArn", "Sources")
+
 #: the app's stack name (stacks/app.py), unless HARVESTER_STACK_NAME or --stack says otherwise
 DEFAULT_STACK = "Harvester"
 DEFAULT_STATE = Path("harvest-state")
@@ -95,7 +99,7 @@ def aws_backend(stack: str | None, region: str | None, profile: str | None) -> B
     except ProfileNotFound as exc:
         raise BadInput(str(exc)) from None
     outputs = stack_outputs(session, stack)
-    missing = [k for k in ("StateMachineAliasArn", "BucketName", "LedgerTableName") if k not in outputs]
+    missing = [k for k in REQUIRED_OUTPUTS if k not in outputs]
     if missing:
         raise BadInput(f"stack {stack!r} has no output {', '.join(missing)}: is it a harvester stack?")
     flags = " ".join(f"--{k} {v}" for k, v in (("stack", stack), ("region", region), ("profile", profile))
