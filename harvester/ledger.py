@@ -139,6 +139,20 @@ class Ledger:
             ExpressionAttributeValues={":c": calls},
         )
 
+    def meter(self, source: str, run_id: str) -> dict[str, Any] | None:
+        """What the run's Lambda invocations counted (harvester/metering.py), or None."""
+        item = self.table.get_item(Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "METER"}).get("Item")
+        return {k: v for k, v in _plain(item).items() if k not in (PARTITION_KEY, SORT_KEY)} if item else None
+
+    def record_cost(self, source: str, run_id: str, cost: dict[str, Any]) -> None:
+        """The run's cost (harvester/cost.py `breakdown`) on the run item."""
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET cost = :cost",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":cost": _dynamo(cost)},
+        )
+
     # --- batches ----------------------------------------------------------------------------------------------
     def get_batch(self, source: str, run_id: str, level: int, batch_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(

@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
+from harvester.metering import metered
 from harvester.ratelimit import limiter_for
 from harvester.secrets import resolve_secret
 from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch
@@ -40,6 +41,7 @@ def time_budget(context: LambdaContext) -> float:
     return max(5.0, context.get_remaining_time_in_millis() / 1000 - RESERVE_SECONDS)
 
 
+@metered("fetch")  # duration, memory and AWS calls of the invocation, for the run's cost
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics

@@ -35,6 +35,7 @@ class Backend:
     where: str = ""  # for messages: "stack Harvester (eu-west-1)" or "state folder harvest-state"
     resume_flags: str = ""  # what `harvest resume RUN_ID` needs to reach the same place
     outputs: dict[str, str] = field(default_factory=dict)
+    region: str = "us-east-1"  # where the prices of a run's cost are taken (the local engine: us-east-1)
     poll: float = 2.0  # seconds between two looks at a running execution
     stop: Callable[[str, str, str], None] | None = None  # local only: stop the execution and its worker fleet
 
@@ -114,6 +115,7 @@ def aws_backend(stack: str | None, region: str | None, profile: str | None) -> B
         where=f"stack {stack} ({session.region_name})",
         resume_flags=flags,
         outputs=outputs,
+        region=session.region_name or "us-east-1",
     )
 
 

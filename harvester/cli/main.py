@@ -241,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     where(f)
     f.set_defaults(func=cmd_failures)
 
+    c = sub.add_parser("cost", help="estimate what a run of a spec costs on AWS before it exists",
+                       description="The cost model of harvester/cost.py with the counts a run of N calls would have; "
+                       "a finished run's own cost is printed at its end and shown by `harvest runs SOURCE`.")
+    c.add_argument("spec", help="path of the source spec (YAML)")
+    c.add_argument("--calls", type=int, required=True, metavar="N", help="the calls the run makes")
+    c.add_argument("--region", default="us-east-1", help="whose prices (default us-east-1)")
+    c.add_argument("--arch", choices=("arm64", "x86_64"), default="arm64", help="the functions' architecture")
+    c.add_argument("--log-level", default="ERROR", choices=("OFF", "FATAL", "ERROR", "ALL"),
+                   help="the workflow's log level (the stack's workflowLogLevel, default ERROR)")
+    c.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    c.set_defaults(func=lambda a: __import__("harvester.cli.costs", fromlist=["cmd_cost"]).cmd_cost(a))
+
     d = sub.add_parser("demo", help="start the simulated vendor and harvest it with sources/demo.yaml (local)")
     d.add_argument("--troops", type=int, default=6)
     d.add_argument("--warriors", type=int, default=10, help="warriors per troop")

@@ -98,8 +98,12 @@ def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any
     if run is not None and code != EXIT_OK:
         failures = view.failure_rows(backend.ledger.failures(run["source"], run["run_id"]),
                                      backend.ledger.batches(run["source"], run["run_id"]), names)
+    from harvester.cli.costs import cost_table, run_cost
+
+    spent = run_cost(backend, run, region=backend.region) if run is not None else None
     if as_json:
         view.emit_json({"run": run, "status": shown_status(run) if run else desc["status"], "exit_code": code,
+                        "cost": spent,
                         "execution": {k: desc.get(k) for k in ("executionArn", "status", "error", "cause")},
                         "failures": failures, "seconds": seconds, "duplicates": duplicates})
         return code
@@ -110,6 +114,8 @@ def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any
         out.print(summary(run, spec, seconds, duplicates=duplicates))
         if output:
             out.print(f"output: {output}")
+        if spent:
+            out.print(cost_table(spent, f"cost of run {run['run_id']}"))
     if failures:
         out.print(view.failures_table(failures[:50], f"failed calls and batches ({len(failures)})"))
     if code != EXIT_OK:
@@ -131,16 +137,20 @@ def show_runs(backend: Backend, source: str | None, limit: int, as_json: bool) -
         else:
             view.console().print(view.table(f"sources with runs in {backend.where}", ["source"], [[s] for s in sources]))
         return EXIT_OK
+    from harvester.cli.costs import run_cost
+
     runs = backend.ledger.list_runs(source, limit=limit)
+    costs = {r["run_id"]: run_cost(backend, r, region=backend.region) for r in runs}
     if as_json:
         view.emit_json({"source": source, "runs": [{**r, "shown_status": shown_status(r)} for r in runs]})
         return EXIT_OK
     rows = [[r["run_id"], view.status_text(r), r.get("attempt", 1), r.get("totals", {}).get("calls", 0),
              r.get("totals", {}).get("records", 0), r.get("totals", {}).get("failures", 0), (r.get("started_at") or "")[:19],
-             (r.get("finished_at") or "")[:19]] for r in runs]
-    cols = ["run", "status", "attempt", "calls", "records", "failed calls", "started", "finished"]
+             (r.get("finished_at") or "")[:19],
+             f"${costs[r['run_id']]['total_usd']:.4f}" if costs.get(r["run_id"]) else ""] for r in runs]
+    cols = ["run", "status", "attempt", "calls", "records", "failed calls", "started", "finished", "cost"]
     view.console().print(view.table(f"runs of {source} in {backend.where} (newest first)", cols, rows,
-                                    numeric={"attempt", "calls", "records", "failed calls"}))
+                                    numeric={"attempt", "calls", "records", "failed calls", "cost"}))
     return EXIT_OK
 
 
