@@ -17,6 +17,7 @@ Lambda billed duration: https://docs.aws.amazon.com/lambda/latest/dg/lambda-runt
 from __future__ import annotations
 
 import contextvars
+import logging
 import functools
 import math
 import threading
@@ -159,5 +160,5 @@ def _flush(source: str, run_id: str, meter: Counter) -> None:
             ExpressionAttributeNames={f"#{k}": k for k in counts},
             ExpressionAttributeValues={f":{k}": Decimal(str(round(v, 3))) for k, v in counts.items()},
         )
-    except Exception:  # noqa: BLE001 - see the docstring
-        pass
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logging.getLogger(__name__).warning("run %s of %s: meter not recorded: %s", run_id, source, exc)

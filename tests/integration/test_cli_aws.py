@@ -94,10 +94,17 @@ def test_run_follow_runs_status_and_query_on_the_stack(deployed):
     assert run is not None and run["status"] == "SUCCEEDED"
     assert f"stack {stack.stack} (us-east-1)" in started
     assert "SUCCEEDED" in out.stdout and str(run["totals"]["calls"]) in out.stdout
+    # its cost, from what its invocations counted, printed at the end and stored on the run item
+    meter = stack.engine.ledger.meter("e2e", run_id)
+    assert meter["lambda_requests_fetch"] >= len(stack.spec.levels) and meter["lambda_mb_ms"] > 0
+    assert run["cost"]["total_usd"] > 0 and run["cost"]["counts"]["lambda_requests"] == sum(
+        v for k, v in meter.items() if k.startswith("lambda_requests_"))
+    assert f"cost of run {run_id}" in out.stdout
 
     assert stack.json("runs") == {"sources": ["e2e"]}
     runs = stack.json("runs", "e2e")["runs"]
     assert [(r["run_id"], r["shown_status"]) for r in runs] == [(run_id, "SUCCEEDED")]
+    assert runs[0]["cost"]["total_usd"] == run["cost"]["total_usd"]
     status = stack.json("status", run_id)
     assert status["status"] == "SUCCEEDED"
     assert [lv["name"] for lv in status["levels"]] == [lv.name for lv in stack.spec.levels]

@@ -286,3 +286,4 @@ def test_a_new_users_local_run_prints_its_run_id_tables_and_no_log_lines(vendor_
     assert "INCOMPLETE" in out.stdout and victim in out.stdout and "404" in out.stdout
     assert not [ln for ln in out.stderr.splitlines() if ln.lstrip().startswith("{")], out.stderr[-2000:]
     assert f"harvest resume {run_id} --local --state {state}" in out.stderr
+    assert f"cost of run {run_id}" in out.stdout and runs[0]["cost"]["counts"]["lambda_requests"] >= 4

@@ -106,3 +106,19 @@ def test_an_unknown_run_is_bad_input(state):
         out = harvest(*args, "--state", str(state))
         assert out.returncode == 2, (args, out.returncode, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_cost_estimates_a_seed_sized_run_under_ten_cents():
+    """Issue 14's target: a seed-sized run (29,201 calls, 50 r/s) at most $0.10 on arm64 in us-east-1."""
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[2] / "sources" / "demo.yaml"
+    out = harvest("cost", str(spec), "--calls", "29201", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["region"] == "us-east-1" and result["arch"] == "arm64" and result["prices_taken"]
+    assert 0 < result["total_usd"] <= 0.10, result
+    assert set(result["usd"]) == {"step_functions", "lambda_requests", "lambda_compute", "dynamodb", "s3_requests",
+                                  "secrets_manager", "cloudwatch_logs"}
+    table = harvest("cost", str(spec), "--calls", "29201")
+    assert "total" in table.stdout and "$" in table.stdout
