@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from harvester.cli import codes, runs
@@ -48,11 +49,7 @@ def _aws(args):
 
 def _reader(args):
     """The place a read-only command looks: the state folder's ledger, or the stack's table."""
-    if args.local:
-        return local_reader(args.state)
-    from contextlib import nullcontext
-
-    return nullcontext(_aws(args))
+    return local_reader(args.state) if args.local else nullcontext(_aws(args))
 
 
 # --- run / resume --------------------------------------------------------------------------------------------
@@ -169,6 +166,12 @@ def cmd_query(args) -> int:
     return run(args, lambda: _aws(args))
 
 
+def cmd_cost(args) -> int:
+    from harvester.cli.costs import cmd_cost as estimate
+
+    return estimate(args)
+
+
 def cmd_demo(args) -> int:
     from harvester.local.demo import run_demo
 
@@ -251,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--log-level", default="ERROR", choices=("OFF", "FATAL", "ERROR", "ALL"),
                    help="the workflow's log level (the stack's workflowLogLevel, default ERROR)")
     c.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-    c.set_defaults(func=lambda a: __import__("harvester.cli.costs", fromlist=["cmd_cost"]).cmd_cost(a))
+    c.set_defaults(func=cmd_cost)
 
     d = sub.add_parser("demo", help="start the simulated vendor and harvest it with sources/demo.yaml (local)")
     d.add_argument("--troops", type=int, default=6)
@@ -327,3 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return codes.EXIT_INTERRUPTED
     except TimeoutError:
         return codes.EXIT_TIMEOUT
+    except BrokenPipeError:  # `harvest ... | head`: the reader is gone (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return codes.EXIT_OK

@@ -122,3 +122,9 @@ def test_cost_estimates_a_seed_sized_run_under_ten_cents():
                                   "secrets_manager", "cloudwatch_logs"}
     table = harvest("cost", str(spec), "--calls", "29201")
     assert "total" in table.stdout and "$" in table.stdout
+
+
+def test_following_a_run_that_has_ended_returns_its_code_at_once(state):
+    out = harvest("status", "partial", "--follow", "--state", str(state), "--timeout", "30")
+    assert out.returncode == 3, out.stderr
+    assert "INCOMPLETE" in out.stdout and "https://x/items/0" in out.stdout and "harvest resume partial" in out.stderr
