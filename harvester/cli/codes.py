@@ -13,6 +13,9 @@ EXIT_STATE = 4  # the state folder is in use, damaged or out of disk space (the 
 EXIT_TIMEOUT = 124  # --timeout ran out: the run was stopped (locally) or is still running (AWS), resume or follow it
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); 143 for SIGTERM: the run was stopped, resume it
 
+#: errors of the Plan run step that mean the input was refused before anything was written (harvester/run.py)
+BAD_INPUT_ERRORS = ("InputError", "SpecError")
+
 #: the error the workflow records on the run item when batches failed (statemachines/harvest.asl.json)
 INCOMPLETE_ERROR = "Harvest.Incomplete"
 
@@ -36,4 +39,6 @@ def exit_code(desc: dict[str, Any]) -> int:
         return EXIT_OK
     if desc.get("status") == "RUNNING":
         return EXIT_TIMEOUT
+    if desc.get("error") in BAD_INPUT_ERRORS:
+        return EXIT_BAD_INPUT
     return EXIT_INCOMPLETE if desc.get("error") == INCOMPLETE_ERROR else EXIT_FAILED

@@ -121,6 +121,10 @@ def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any
     if code != EXIT_OK:
         err = view.console(stderr=True)
         cause = desc.get("cause", "")
+        try:  # a Lambda error's cause is JSON: its message is what people need
+            cause = json.loads(cause).get("errorMessage", cause)
+        except (ValueError, AttributeError):
+            pass
         err.print(f"execution {desc['status']}: {desc.get('error', '')}: {cause}"[:2000], markup=False)
         if run is not None:
             err.print(f"to fetch what is missing: harvest resume {run['run_id']} {backend.resume_flags}".rstrip(),

@@ -110,6 +110,8 @@ def test_run_follow_runs_status_and_query_on_the_stack(deployed):
     assert [lv["name"] for lv in status["levels"]] == [lv.name for lv in stack.spec.levels]
     assert sum(lv["calls"] for lv in status["levels"]) == vendor.stats().requests
     assert stack.json("failures", run_id)["failures"] == []
+    again = stack.harvest("run", "e2e", "--run-id", run_id)  # refused by the workflow's plan step: bad input
+    assert again.returncode == 2 and "already exists" in again.stderr, again.stderr[-2000:]
     followed = stack.harvest("status", run_id, "--follow", "--timeout", "60")
     assert followed.returncode == 0 and "SUCCEEDED" in followed.stdout, followed.stderr[-2000:]
 
