@@ -6,10 +6,12 @@ in `lambdas/` only wire AWS clients and Powertools around them.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import socket
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -145,20 +147,20 @@ def plan_run(
     store.put_json(key, manifest)
     return {
         "run": run,
-        "level": _level_state(spec, 0, key, manifest),
+        "level": _level_state(spec, 0, key, len(manifest), 1),
         "totals": {c: 0 for c in COUNTERS} | {"attempt_calls": 0},
     }
 
 
-def _level_state(spec: SourceSpec, index: int, manifest_key: str, manifest: list[dict]) -> dict[str, Any]:
+def _level_state(spec: SourceSpec, index: int, manifest_key: str, batches: int, parents: int) -> dict[str, Any]:
     return {
         "index": index,
         "name": spec.levels[index].name,
         "count": len(spec.levels),
         "manifest_key": manifest_key,
-        "batches": len(manifest),
-        "parents": sum(len(item["parents"]) for item in manifest),
-        "max_concurrency": max(1, min(spec.workers(), len(manifest))),
+        "batches": batches,
+        "parents": parents,
+        "max_concurrency": max(1, min(spec.workers(), batches)),
         "done": False,
     }
 
@@ -191,13 +193,41 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
     ledger.record_attempt_calls(source, run_id, run["attempt"], totals["attempt_calls"])
 
     nxt = index + 1
+    done = {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
     if nxt >= len(spec.levels):
-        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
-    manifest: list[dict[str, Any]] = []
-    for items in store.get_many_json(store.list_keys(storage.children_prefix(source, run_id, nxt))):
-        manifest.extend(items)
-    if not manifest:
-        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
-    key = storage.manifest_key(source, run_id, nxt)
-    store.put_json(key, manifest)
-    return {**state, "level": _level_state(spec, nxt, key, manifest), "totals": totals, "last_level": counts}
+        return done
+    written = write_manifest(store, source, run_id, nxt)
+    if written is None:
+        return done
+    key, batches, parents = written
+    return {**state, "level": _level_state(spec, nxt, key, batches, parents), "totals": totals, "last_level": counts}
+
+
+def write_manifest(store: storage.Store, source: str, run_id: str, level: int) -> tuple[str, int, int] | None:
+    """Merge the child lists the batches of level-1 wrote into level's manifest, streaming: one child list read
+    at a time (a few ahead), the JSON array uploaded in parts as it grows, so the memory does not grow with the
+    level. Returns (key, Map items, parents), or None when the batches found no children (no manifest).
+
+    The Distributed Map reads it with an ItemReader of InputType JSON (AWS also takes JSONL, CSV and MANIFEST,
+    https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html; moto's executor reads
+    JSON and CSV only)."""
+    counts = {"batches": 0, "parents": 0}
+
+    def chunks() -> Iterator[bytes]:
+        """Each child list's elements as they are (its JSON text without the brackets), counted on the way."""
+        for body in store.iter_bytes(store.iter_keys(storage.children_prefix(source, run_id, level))):
+            items = json.loads(body)
+            if not isinstance(items, list):
+                raise ValueError(f"a child list of level {level} is not a JSON array")
+            if items:
+                counts["batches"] += len(items)
+                counts["parents"] += sum(len(item["parents"]) for item in items)
+                yield body.strip()[1:-1]
+
+    stream = chunks()
+    first = next(stream, None)
+    if first is None:
+        return None
+    key = storage.manifest_key(source, run_id, level)
+    store.put_json_array(key, itertools.chain([first], stream))
+    return key, counts["batches"], counts["parents"]
