@@ -126,7 +126,8 @@ class Store:
     def put_json_array(self, key: str, chunks: Iterable[bytes]) -> None:
         """Write one JSON array from `chunks`, each the JSON text of one or more of its elements (comma-separated),
         without holding it: a multipart upload of PART_BYTES parts (a plain PutObject when it fits in one). The
-        multipart calls need s3:PutObject (https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html#mpuAndPermissions)."""
+        multipart calls need s3:PutObject:
+        https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html#mpuAndPermissions"""
         out = _StreamedObject(self.s3, self.bucket, key, "application/json")
         first = True
         try:

@@ -33,7 +33,8 @@ class FetchEvent(BaseModel):
 def time_budget(context: LambdaContext, spec: SourceSpec) -> tuple[float, float]:
     """(seconds to start calls in, seconds every call ends in) from the time Lambda leaves this invocation: the
     reserve is the spec's connect + read timeout plus the write time (harvester.worker.time_plan). Lambda stops
-    an invocation at its timeout, whatever it is doing (https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html)."""
+    an invocation at its timeout, whatever it is doing:
+    https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html"""
     override = os.environ.get("HARVESTER_BATCH_SECONDS")
     return time_plan(context.get_remaining_time_in_millis() / 1000, spec, float(override) if override else None)
 

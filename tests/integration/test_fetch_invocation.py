@@ -161,6 +161,7 @@ def test_a_page_heavy_batch_writes_several_parts_and_its_memory_stays_bounded(ve
         print(f"peak traced while harvesting: {peak / 2**20:.1f} MiB; the batch's records in memory: {whole / 2**20:.1f} MiB")
         assert peak < whole / 4, (peak, whole)
         assert result["status"] == "SUCCEEDED" and result["records"] == 40_000 == len(held)
+        assert len({(r["_lineage"]["datagroups"], r["ts"]) for r in held}) == 40_000  # lists cut by flushes, none twice
         assert result["parts"] >= 10  # a part every ~2,000 records
 
 
