@@ -227,14 +227,28 @@ class Fetcher:
         r = self.spec.retries
         return self.rng.uniform(0, min(r.max_delay, r.base_delay * (2 ** (attempt - 1))))
 
+    async def _acquire(self) -> None:
+        """A send slot from the limiter, waited for no longer than the call window: a 429's Retry-After pauses
+        the whole fleet (up to minutes), and a lane asleep on a slot past the deadline is an invocation Lambda
+        stops. The acquire is shielded, not cancelled (the limiter's lease bookkeeping stays whole); a slot it
+        gets after the window is simply not used."""
+        if self.call_deadline is None:
+            await self.limiter.acquire()
+            return
+        task = asyncio.ensure_future(self.limiter.acquire())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody else reads its outcome
+        await asyncio.wait_for(asyncio.shield(task), max(0.0, self.call_deadline - time.monotonic()))
+
     async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
         if self.time_left() <= 0:
             raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
+        shown = _shown_url(request, hide=tuple(self.auth_params))
         try:
-            await self.limiter.acquire()
+            await self._acquire()
+        except TimeoutError:
+            raise OutOfTime(f"{shown}: no send slot before the worker must write its results") from None
         except Exception as exc:  # noqa: BLE001 - e.g. the shared bucket under heavy contention: retry later
             raise _Transient(f"rate limiter: {type(exc).__name__}: {exc}"[:200]) from None
-        shown = _shown_url(request, hide=tuple(self.auth_params))
         window = None if self.call_deadline is None else self.call_deadline - time.monotonic()
         if window is not None and window <= 0:
             raise OutOfTime(f"{shown}: no time left for a call before the worker must write its results")

@@ -112,6 +112,40 @@ def test_a_slow_vendor_call_never_carries_the_handler_past_its_deadline(tmp_path
         assert vendor.stats().served == 6 * 3
 
 
+def test_a_long_retry_after_never_carries_the_handler_past_its_deadline(tmp_path, monkeypatch):
+    """A 429 with Retry-After: 15 s pauses the source's shared rate limiter for every lane; lanes waiting for a
+    send slot must give up at the call window's end instead of sleeping past the Lambda deadline (12 s). The
+    invocations the state's Retry makes then finish the batch, every point once."""
+    from harvester.local.engine import BUCKET, FakeContext, LocalEngine
+    from lambdas.fetch import handler
+
+    monkeypatch.setenv("INV_API_KEY", KEY)
+    with VendorServer(troops=1, warriors_per_troop=1, datagroups_per_warrior=8, points_per_datagroup=60,
+                      variation=0, api_key=KEY, latency_ms=20) as vendor, LocalEngine(tmp_path / "state") as engine:
+        spec = parse_spec(two_levels(vendor.url + "/v1", 20, max_in_flight=4,
+                                     rate_limit={"requests_per_second": 20, "burst": 2}))
+        groups = vendor.data.ids("datagroups")
+        vendor.set_faults(FaultConfig.of(FaultRule("rate_limit", retry_after=15, times=1, ids=[groups[2]],
+                                                   paths=["/v1/datagroups/*/points"])))
+        run = {"source": spec.name, "run_id": "d2", "attempt": 1, "expires_at": expires_at(1),
+               "spec_key": storage.spec_key(spec.name, "d2"), "spec_hash": spec.spec_hash()}
+        storage.Store(engine.s3, BUCKET).put_json(run["spec_key"], spec.model_dump(mode="json"))
+        event = {"run": run, "level": 1, "batch": {"batch_id": "b1", "parents": [{"datagroups": {"id": g}} for g in groups]}}
+
+        for invocation in range(1, 6):
+            context = FakeContext("harvester-fetch", 12)
+            try:
+                result = handler(event, context)
+            except BatchIncomplete:
+                result = None
+            assert context.get_remaining_time_in_millis() > 0, f"invocation {invocation} ran past its Lambda deadline"
+            if result is not None:
+                break
+        assert invocation > 1 and result["status"] == "SUCCEEDED"
+        got = stored_points(engine.s3, BUCKET, spec.name, "d2")
+        assert len(got) == len(set(got)) and set(got) == vendor.data.point_keys()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def vendor_process():
