@@ -169,24 +169,10 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
     """Total the finished level from the ledger and write the next level's manifest from the batches' children."""
     run, level = state["run"], state["level"]
     source, run_id, index, attempt = run["source"], run["run_id"], level["index"], str(run["attempt"])
-    batches = ledger.batches(source, run_id, index)
-    missing = max(0, level["batches"] - len(batches))  # a batch that died before writing anything
-    counts = {
-        "parents": level["parents"],
-        "batches": level["batches"],
-        "calls": sum(b.get("calls", 0) for b in batches),
-        "records": sum(b.get("records", 0) for b in batches),
-        "pages": sum(b.get("pages", 0) for b in batches),
-        "throttled": sum(b.get("throttled", 0) for b in batches),
-        "retries": sum(b.get("retries", 0) for b in batches),
-        "failures": sum(b.get("failures", 0) for b in batches),
-        "failed_batches": missing + sum(1 for b in batches if b.get("status") != "SUCCEEDED"),
-        # the shared limiter: time workers waited for a token, and its DynamoDB writes
-        "token_wait_seconds": round(sum(b.get("token_wait_seconds", 0) for b in batches), 3),
-        "limiter_writes": sum(b.get("limiter_writes", 0) for b in batches),
-        "tokens_expired": sum(b.get("tokens_expired", 0) for b in batches),
-    }
-    attempt_calls = sum((b.get("calls_by_attempt") or {}).get(attempt, 0) for b in batches)
+    counts, attempt_calls = level_counts(ledger, source, run_id, index, attempt)
+    counts = {"parents": level["parents"], "batches": level["batches"], **counts}
+    # a batch that died before writing anything has no item
+    counts["failed_batches"] += max(0, level["batches"] - counts.pop("batch_items"))
     totals = {c: state["totals"].get(c, 0) + counts.get(c, 0) for c in COUNTERS}
     totals["attempt_calls"] = state["totals"].get("attempt_calls", 0) + attempt_calls
     ledger.record_level(source, run_id, level["name"], counts, totals)
@@ -201,6 +187,26 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
         return done
     key, batches, parents = written
     return {**state, "level": _level_state(spec, nxt, key, batches, parents), "totals": totals, "last_level": counts}
+
+
+#: figures of a batch item that a level's totals add up (token_wait_seconds, limiter_writes, tokens_expired: the
+#: shared limiter's waits, its DynamoDB writes, and tokens leased and never used)
+BATCH_SUMS = ("calls", "records", "pages", "throttled", "retries", "failures", "token_wait_seconds", "limiter_writes",
+              "tokens_expired")
+
+
+def level_counts(ledger: Ledger, source: str, run_id: str, index: int, attempt: str) -> tuple[dict[str, Any], int]:
+    """(sums over the level's batch items, calls made by this attempt), reading the items a page at a time."""
+    sums: dict[str, Any] = dict.fromkeys(BATCH_SUMS, 0) | {"failed_batches": 0, "batch_items": 0}
+    attempt_calls = 0
+    for item in ledger.iter_batches(source, run_id, index):
+        for name in BATCH_SUMS:
+            sums[name] += item.get(name, 0)
+        sums["batch_items"] += 1
+        sums["failed_batches"] += item.get("status") != "SUCCEEDED"
+        attempt_calls += (item.get("calls_by_attempt") or {}).get(attempt, 0)
+    sums["token_wait_seconds"] = round(sums["token_wait_seconds"], 3)
+    return sums, attempt_calls
 
 
 def write_manifest(store: storage.Store, source: str, run_id: str, level: int) -> tuple[str, int, int] | None:

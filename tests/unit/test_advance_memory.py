@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+from moto import mock_aws
 
 from harvester import storage
 from harvester.ledger import Ledger, batch_sk, create_table_kwargs, expires_at, run_pk
@@ -125,3 +126,32 @@ def test_advance_streams_a_large_level_into_its_manifest(moto_endpoint):
     for chunk in iter(lambda: body.read(1 << 20), b""):
         got.update(chunk)
     assert got.hexdigest() == expected.hexdigest()
+
+
+def test_advance_reads_the_level_s_batch_items_a_page_at_a_time():
+    """A finished level of 1,200 batches: advance adds their ledger items up one query page (500 items,
+    ledger.BATCH_PAGE) at a time, so a level of 100,000 batches is never one list in memory. (moto answers a query from the
+    whole partition in memory, so the bound itself is not measurable here; the pages it is asked for are.)"""
+    n = 1_200
+    with mock_aws():
+        table = boto3.resource("dynamodb", region_name="us-east-1").create_table(**create_table_kwargs("ledger"))
+        ledger = Ledger(table)
+        table.put_item(Item={"pk": run_pk("big", "rb"), "sk": "RUN", "status": "RUNNING", "levels": {},
+                             "attempt_calls": {}})
+        with table.batch_writer() as writer:
+            for i in range(n):
+                writer.put_item(Item={"pk": run_pk("big", "rb"), "sk": batch_sk(2, f"{i:016x}"), "records": 1000,
+                                      "status": "SUCCEEDED" if i % 100 else "FAILED", "calls": 12,
+                                      "calls_by_attempt": {"1": 10, "2": 2}})
+        pages: list[int] = []
+        table.meta.client.meta.events.register(
+            "after-call.dynamodb.Query", lambda parsed, **_: pages.append(len(parsed.get("Items", []))))
+        state = {"run": {"source": "big", "run_id": "rb", "attempt": 2, "expires_at": expires_at(1)},
+                 "level": {"index": 2, "name": "points", "count": 3, "batches": n + 5, "parents": 100 * n},
+                 "totals": {}}
+        out = advance_level(state, spec=spec(), store=storage.Store(boto3.client("s3", region_name="us-east-1"), BUCKET),
+                            ledger=ledger)
+    assert sum(pages) == n and max(pages) <= 500, f"the level's batch items came in pages of {pages}"
+    last = out["last_level"]
+    assert out["level"]["done"] and last["records"] == 1000 * n and last["calls"] == 12 * n
+    assert last["failed_batches"] == n // 100 + 5 and out["totals"]["attempt_calls"] == 2 * n
