@@ -295,3 +295,19 @@ def test_a_stopped_batch_writes_what_it_fetched_and_its_checkpoint(vendor_factor
     refetched = vendor.stats().by_route.get("points", 0) - pages
     print(f"\n  points pages {pages}, served before the stop {points_before}, fetched twice {refetched}")
     assert refetched <= 2 * 8, "more pages fetched twice than calls that can be in flight"
+
+
+def test_a_deleted_raw_object_is_fetched_again_by_resume(vendor_factory, tmp_path):
+    """A raw object the ledger counts on is gone (deleted by hand, a broken disk): the resume notices it, fetches
+    that batch again and ends with every record exactly once (it said SUCCEEDED and fetched nothing)."""
+    vendor, spec_path = small_source(vendor_factory, tmp_path)
+    state = tmp_path / "state"
+    first = harvest("run", "--local", str(spec_path), "--run-id", "r", "--state", str(state))
+    assert first.returncode == 0, first.stderr[-2000:]
+    victims = sorted((state / "bucket" / "raw" / "e2e" / "r" / "points").glob("*.jsonl.gz"))
+    assert len(victims) > 1
+    victims[1].unlink()
+    again = harvest("resume", "r", "--local", "--state", str(state))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "fetched again" in again.stderr + again.stdout
+    assert_exact(state, spec_path, vendor, "r")
