@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
 
@@ -133,13 +133,16 @@ class Fetcher:
         secret: str | None,
         deadline: float,
         *,
+        call_deadline: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ):
         self.spec = spec
         self.http = http
         self.limiter = limiter
-        self.deadline = deadline  # time.monotonic() value
+        self.deadline = deadline  # time.monotonic() value: no call (or retry) starts after it
+        # time.monotonic() value: no call is still in flight after it (None: a call ends by its own timeouts)
+        self.call_deadline = call_deadline
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.stats = CallStats()
@@ -166,17 +169,36 @@ class Fetcher:
     ) -> list[Any]:
         """Every record of one parent's list for `level`, all pages, in order; from `start` when continuing a
         list an earlier invocation did not finish (`fetched_before` records of it were already stored)."""
-        request: paginate.PageRequest | None = start or self.first_url(level, context)
         records: list[Any] = []
+        request: paginate.PageRequest | None = start or self.first_url(level, context)
+        try:
+            async for page, request in self.pages(level, context, start, fetched_before):
+                records.extend(page)
+        except OutOfTime as exc:
+            exc.records, exc.next_request = records, exc.next_request or request
+            raise
+        return records
+
+    async def pages(
+        self,
+        level: Level,
+        context: dict[str, dict[str, Any]],
+        start: paginate.PageRequest | None = None,
+        fetched_before: int = 0,
+    ) -> AsyncIterator[tuple[list[Any], paginate.PageRequest | None]]:
+        """The pages of one parent's list as they come: (records, the request of the next page or None at the
+        end). `OutOfTime` carries the request it could not make (`next_request`) so the list can continue."""
+        request: paginate.PageRequest | None = start or self.first_url(level, context)
+        before = fetched_before
         while request is not None:
             try:
-                page, nxt = await self._page(level, request, fetched_before + len(records))
+                page, nxt = await self._page(level, request, before)
             except OutOfTime as exc:
-                exc.records, exc.next_request = records, request
+                exc.records, exc.next_request = [], request
                 raise
-            records.extend(page)
+            before += len(page)
             request = nxt
-        return records
+            yield page, nxt
 
     async def _page(self, level: Level, request: paginate.PageRequest, before: int):
         attempt = 0
@@ -205,23 +227,47 @@ class Fetcher:
         r = self.spec.retries
         return self.rng.uniform(0, min(r.max_delay, r.base_delay * (2 ** (attempt - 1))))
 
+    async def _acquire(self) -> None:
+        """A send slot from the limiter, waited for no longer than the call window: a 429's Retry-After pauses
+        the whole fleet (up to minutes), and a lane asleep on a slot past the deadline is an invocation Lambda
+        stops. The acquire is shielded, not cancelled (the limiter's lease bookkeeping stays whole); a slot it
+        gets after the window is simply not used."""
+        if self.call_deadline is None:
+            await self.limiter.acquire()
+            return
+        task = asyncio.ensure_future(self.limiter.acquire())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody else reads its outcome
+        await asyncio.wait_for(asyncio.shield(task), max(0.0, self.call_deadline - time.monotonic()))
+
     async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
         if self.time_left() <= 0:
             raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
+        shown = _shown_url(request, hide=tuple(self.auth_params))
         try:
-            await self.limiter.acquire()
+            await self._acquire()
+        except TimeoutError:
+            raise OutOfTime(f"{shown}: no send slot before the worker must write its results") from None
         except Exception as exc:  # noqa: BLE001 - e.g. the shared bucket under heavy contention: retry later
             raise _Transient(f"rate limiter: {type(exc).__name__}: {exc}"[:200]) from None
+        window = None if self.call_deadline is None else self.call_deadline - time.monotonic()
+        if window is not None and window <= 0:
+            raise OutOfTime(f"{shown}: no time left for a call before the worker must write its results")
         self.stats.calls += 1
         t0 = time.monotonic()
         try:
-            # merged into the URL's own query: httpx's `params=` would replace it (a next link's offset, a
-            # `?troopId=` written in the path)
-            resp = await self.http.get(
-                httpx.URL(request.url).copy_merge_params({**request.params, **self.auth_params}),
-                headers=self.auth_headers,
-            )
-            body_bytes = resp.content
+            # bounded by the time left, whatever the spec's read timeout: the call never runs into the time the
+            # worker needs to write its results before Lambda stops it (an unbounded call there loses the whole
+            # invocation, Sandbox.Timedout)
+            async with asyncio.timeout(window):
+                # merged into the URL's own query: httpx's `params=` would replace it (a next link's offset, a
+                # `?troopId=` written in the path)
+                resp = await self.http.get(
+                    httpx.URL(request.url).copy_merge_params({**request.params, **self.auth_params}),
+                    headers=self.auth_headers,
+                )
+                body_bytes = resp.content
+        except TimeoutError:
+            raise OutOfTime(f"{shown}: cut at the worker's deadline; the next invocation asks for it again") from None
         except httpx.TimeoutException as exc:
             raise _Transient(f"timeout: {type(exc).__name__}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, Iterator
 
 from boto3.dynamodb.conditions import Attr, Key
 
@@ -19,6 +19,7 @@ GSI_NAME = "gsi1"
 GSI_PARTITION_KEY = "gsi1pk"
 GSI_SORT_KEY = "gsi1sk"
 TTL_ATTRIBUTE = "expires_at"
+BATCH_PAGE = 500  # batch items per query page when a whole level is added up (bounded memory)
 
 
 def run_pk(source: str, run_id: str) -> str:
@@ -171,6 +172,25 @@ class Ledger:
         }
         self.table.put_item(Item=_dynamo(item))
 
+    def reopen_batch(self, source: str, run_id: str, level: int, batch_id: str, reason: str) -> None:
+        """A finished batch whose output is gone: no longer SUCCEEDED, so a resume fetches it again."""
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: batch_sk(level, batch_id)},
+            UpdateExpression="SET #status = :reopened, reopened_because = :why",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":reopened": "REOPENED", ":why": reason[:500]},
+        )
+
+    def note_run(self, source: str, run_id: str, fields: dict[str, Any]) -> None:
+        """Set a few informative attributes on the run item."""
+        item = _dynamo(fields)
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in item),
+            ExpressionAttributeNames={f"#{k}": k for k in item},
+            ExpressionAttributeValues={f":{k}": v for k, v in item.items()},
+        )
+
     def put_progress(self, source: str, run_id: str, level: int, batch_id: str, fields: dict[str, Any], ttl: int) -> bool:
         """A running batch's figures so far (status RUNNING, ``last_attempt`` the run attempt it belongs to), so
         the ledger shows a long batch moving. Never overwrites the end of the same attempt: a progress write that
@@ -216,24 +236,33 @@ class Ledger:
                 writer.delete_item(Key={PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: item[SORT_KEY]})
 
     def batches(self, source: str, run_id: str, level: int | None = None) -> list[dict[str, Any]]:
+        return list(self.iter_batches(source, run_id, level))
+
+    def iter_batches(self, source: str, run_id: str, level: int | None = None) -> Iterator[dict[str, Any]]:
+        """The batch items one query page at a time: a level may have 100,000 batches."""
         prefix = "BATCH#" if level is None else f"BATCH#{level:02d}#"
-        return self._query(run_pk(source, run_id), prefix)
+        return self._iter_query(run_pk(source, run_id), prefix, page=BATCH_PAGE)
 
     def failures(self, source: str, run_id: str, level: int | None = None) -> list[dict[str, Any]]:
         prefix = "FAIL#" if level is None else f"FAIL#{level:02d}#"
         return self._query(run_pk(source, run_id), prefix)
 
     def _query(self, pk: str, prefix: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+        return list(self._iter_query(pk, prefix))
+
+    def _iter_query(self, pk: str, prefix: str, page: int | None = None) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
             "KeyConditionExpression": Key(PARTITION_KEY).eq(pk) & Key(SORT_KEY).begins_with(prefix),
             "ConsistentRead": True,
         }
+        if page:
+            kwargs["Limit"] = page  # a page is also at most 1 MB on AWS, whatever the limit
         while True:
             resp = self.table.query(**kwargs)
-            items.extend(_plain(i) for i in resp.get("Items", []))
+            for item in resp.pop("Items", []):
+                yield _plain(item)
             if "LastEvaluatedKey" not in resp:
-                return items
+                return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
 

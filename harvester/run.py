@@ -6,10 +6,12 @@ in `lambdas/` only wire AWS clients and Powertools around them.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import socket
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -116,6 +118,7 @@ def plan_run(
                 "wait for it to end (or stop it) first"
             )
         run_id, attempt = req.resume, int(prior.get("attempt", 1)) + 1
+        reopened = reopen_batches_missing_output(spec, run_id, store=store, ledger=ledger)
     else:
         run_id = req.run_id or default_run_id(start_time, execution_name)
         if ledger.get_run(spec.name, run_id) is not None:
@@ -144,20 +147,50 @@ def plan_run(
     store.put_json(key, manifest)
     return {
         "run": run,
-        "level": _level_state(spec, 0, key, manifest),
+        "level": _level_state(spec, 0, key, len(manifest), 1),
         "totals": {c: 0 for c in COUNTERS} | {"attempt_calls": 0},
     }
 
 
-def _level_state(spec: SourceSpec, index: int, manifest_key: str, manifest: list[dict]) -> dict[str, Any]:
+def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: storage.Store, ledger: Ledger) -> int:
+    """A resume trusts a finished batch only if every raw part it wrote is still there. A batch with a part gone
+    (deleted by hand, lost with a disk) is reopened: its ledger item no longer says SUCCEEDED and its checkpoint
+    starts over, so the resume fetches it again and rewrites the same keys. One listing per level. Returns the
+    number of batches reopened (also noted on the run item as `reopened_batches`)."""
+    reopened = 0
+    for index, level in enumerate(spec.levels):
+        present: set[str] | None = None
+        for item in ledger.iter_batches(spec.name, run_id, index):
+            parts = int(item.get("parts") or 0)
+            if item.get("status") != "SUCCEEDED" or not parts:
+                continue
+            if present is None:
+                present = set(store.list_keys(storage.raw_prefix(spec.name, run_id, level.name)))
+            wanted = [storage.raw_key(spec.name, run_id, level.name, item["batch_id"], p) for p in range(parts)]
+            missing = [k for k in wanted if k not in present]
+            if not missing:
+                continue
+            ck_key = storage.checkpoint_key(spec.name, run_id, index, item["batch_id"])
+            checkpoint = store.get_json(ck_key, default=None) or {}
+            # counters of earlier attempts stay; what was done is forgotten: the batch is fetched from its start
+            store.put_json(ck_key, {k: v for k, v in checkpoint.items()
+                                    if k not in ("done", "partial", "parts", "records", "children", "failed", "bytes")})
+            ledger.reopen_batch(spec.name, run_id, index, item["batch_id"], f"raw objects missing: {missing[:3]}")
+            reopened += 1
+    if reopened:
+        ledger.note_run(spec.name, run_id, {"reopened_batches": reopened})
+    return reopened
+
+
+def _level_state(spec: SourceSpec, index: int, manifest_key: str, batches: int, parents: int) -> dict[str, Any]:
     return {
         "index": index,
         "name": spec.levels[index].name,
         "count": len(spec.levels),
         "manifest_key": manifest_key,
-        "batches": len(manifest),
-        "parents": sum(len(item["parents"]) for item in manifest),
-        "max_concurrency": max(1, min(spec.workers(), len(manifest))),
+        "batches": batches,
+        "parents": parents,
+        "max_concurrency": max(1, min(spec.workers(), batches)),
         "done": False,
     }
 
@@ -166,37 +199,71 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
     """Total the finished level from the ledger and write the next level's manifest from the batches' children."""
     run, level = state["run"], state["level"]
     source, run_id, index, attempt = run["source"], run["run_id"], level["index"], str(run["attempt"])
-    batches = ledger.batches(source, run_id, index)
-    missing = max(0, level["batches"] - len(batches))  # a batch that died before writing anything
-    counts = {
-        "parents": level["parents"],
-        "batches": level["batches"],
-        "calls": sum(b.get("calls", 0) for b in batches),
-        "records": sum(b.get("records", 0) for b in batches),
-        "pages": sum(b.get("pages", 0) for b in batches),
-        "throttled": sum(b.get("throttled", 0) for b in batches),
-        "retries": sum(b.get("retries", 0) for b in batches),
-        "failures": sum(b.get("failures", 0) for b in batches),
-        "failed_batches": missing + sum(1 for b in batches if b.get("status") != "SUCCEEDED"),
-        # the shared limiter: time workers waited for a token, and its DynamoDB writes
-        "token_wait_seconds": round(sum(b.get("token_wait_seconds", 0) for b in batches), 3),
-        "limiter_writes": sum(b.get("limiter_writes", 0) for b in batches),
-        "tokens_expired": sum(b.get("tokens_expired", 0) for b in batches),
-    }
-    attempt_calls = sum((b.get("calls_by_attempt") or {}).get(attempt, 0) for b in batches)
+    counts, attempt_calls = level_counts(ledger, source, run_id, index, attempt)
+    counts = {"parents": level["parents"], "batches": level["batches"], **counts}
+    # a batch that died before writing anything has no item
+    counts["failed_batches"] += max(0, level["batches"] - counts.pop("batch_items"))
     totals = {c: state["totals"].get(c, 0) + counts.get(c, 0) for c in COUNTERS}
     totals["attempt_calls"] = state["totals"].get("attempt_calls", 0) + attempt_calls
     ledger.record_level(source, run_id, level["name"], counts, totals)
     ledger.record_attempt_calls(source, run_id, run["attempt"], totals["attempt_calls"])
 
     nxt = index + 1
+    done = {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
     if nxt >= len(spec.levels):
-        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
-    manifest: list[dict[str, Any]] = []
-    for items in store.get_many_json(store.list_keys(storage.children_prefix(source, run_id, nxt))):
-        manifest.extend(items)
-    if not manifest:
-        return {**state, "level": {**level, "done": True}, "totals": totals, "last_level": counts}
-    key = storage.manifest_key(source, run_id, nxt)
-    store.put_json(key, manifest)
-    return {**state, "level": _level_state(spec, nxt, key, manifest), "totals": totals, "last_level": counts}
+        return done
+    written = write_manifest(store, source, run_id, nxt)
+    if written is None:
+        return done
+    key, batches, parents = written
+    return {**state, "level": _level_state(spec, nxt, key, batches, parents), "totals": totals, "last_level": counts}
+
+
+#: figures of a batch item that a level's totals add up (token_wait_seconds, limiter_writes, tokens_expired: the
+#: shared limiter's waits, its DynamoDB writes, and tokens leased and never used)
+BATCH_SUMS = ("calls", "records", "pages", "throttled", "retries", "failures", "token_wait_seconds", "limiter_writes",
+              "tokens_expired")
+
+
+def level_counts(ledger: Ledger, source: str, run_id: str, index: int, attempt: str) -> tuple[dict[str, Any], int]:
+    """(sums over the level's batch items, calls made by this attempt), reading the items a page at a time."""
+    sums: dict[str, Any] = dict.fromkeys(BATCH_SUMS, 0) | {"failed_batches": 0, "batch_items": 0}
+    attempt_calls = 0
+    for item in ledger.iter_batches(source, run_id, index):
+        for name in BATCH_SUMS:
+            sums[name] += item.get(name, 0)
+        sums["batch_items"] += 1
+        sums["failed_batches"] += item.get("status") != "SUCCEEDED"
+        attempt_calls += (item.get("calls_by_attempt") or {}).get(attempt, 0)
+    sums["token_wait_seconds"] = round(sums["token_wait_seconds"], 3)
+    return sums, attempt_calls
+
+
+def write_manifest(store: storage.Store, source: str, run_id: str, level: int) -> tuple[str, int, int] | None:
+    """Merge the child lists the batches of level-1 wrote into level's manifest, streaming: one child list read
+    at a time (a few ahead), the JSON array uploaded in parts as it grows, so the memory does not grow with the
+    level. Returns (key, Map items, parents), or None when the batches found no children (no manifest).
+
+    The Distributed Map reads it with an ItemReader of InputType JSON (AWS also takes JSONL, CSV and MANIFEST,
+    https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html; moto's executor reads
+    JSON and CSV only)."""
+    counts = {"batches": 0, "parents": 0}
+
+    def chunks() -> Iterator[bytes]:
+        """Each child list's elements as they are (its JSON text without the brackets), counted on the way."""
+        for body in store.iter_bytes(store.iter_keys(storage.children_prefix(source, run_id, level))):
+            items = json.loads(body)
+            if not isinstance(items, list):
+                raise ValueError(f"a child list of level {level} is not a JSON array")
+            if items:
+                counts["batches"] += len(items)
+                counts["parents"] += sum(len(item["parents"]) for item in items)
+                yield body.strip()[1:-1]
+
+    stream = chunks()
+    first = next(stream, None)
+    if first is None:
+        return None
+    key = storage.manifest_key(source, run_id, level)
+    store.put_json_array(key, itertools.chain([first], stream))
+    return key, counts["batches"], counts["parents"]

@@ -8,8 +8,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
+
+#: bytes per part of a multipart upload: S3's smallest part (every part but the last must be at least 5 MiB,
+#: https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html), so a streamed object holds one part in memory
+PART_BYTES = 5 * 1024 * 1024
 
 
 def run_prefix(source: str, run_id: str) -> str:
@@ -98,9 +103,83 @@ class Store:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(keys)
 
-    def get_many_json(self, keys: list[str], threads: int = 16) -> list[Any]:
-        """Read many small JSON objects in parallel (a level may have thousands of child lists)."""
-        if not keys:
-            return []
-        with ThreadPoolExecutor(max_workers=min(threads, len(keys))) as pool:
-            return list(pool.map(self.get_json, keys))
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        """The keys under `prefix` page by page, in S3's order (ascending UTF-8), none held beyond its page."""
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from (obj["Key"] for obj in page.get("Contents", []))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def iter_bytes(self, keys: Iterable[str], threads: int = 8) -> Iterator[bytes]:
+        """Small objects' bodies in the order of `keys`, read `threads` at a time with at most twice that many
+        read ahead: a level may have thousands of child lists, never all in memory at once."""
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            ahead: deque = deque()
+            for key in keys:
+                ahead.append(pool.submit(self.get_bytes, key))
+                if len(ahead) >= 2 * threads:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    def put_json_array(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write one JSON array from `chunks`, each the JSON text of one or more of its elements (comma-separated),
+        without holding it: a multipart upload of PART_BYTES parts (a plain PutObject when it fits in one). The
+        multipart calls need s3:PutObject:
+        https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html#mpuAndPermissions"""
+        out = _StreamedObject(self.s3, self.bucket, key, "application/json")
+        first = True
+        try:
+            out.write(b"[")
+            for chunk in chunks:
+                out.write(chunk if first else b"," + chunk)
+                first = False
+            out.write(b"]")
+            out.close()
+        except BaseException:
+            out.abort()
+            raise
+
+
+class _StreamedObject:
+    """An S3 object written piece by piece: parts of PART_BYTES go up as they fill (one part in memory)."""
+
+    def __init__(self, s3, bucket: str, key: str, content_type: str, part_bytes: int = PART_BYTES):
+        self.s3, self.bucket, self.key, self.content_type, self.part_bytes = s3, bucket, key, content_type, part_bytes
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= self.part_bytes:
+            self._upload_part()
+
+    def _upload_part(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.s3.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type)["UploadId"]
+        number = len(self.parts) + 1
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                                   Body=self.buffer)["ETag"]
+        self.parts.append({"ETag": etag, "PartNumber": number})
+        self.buffer = bytearray()  # a new one: the part sent is not copied, so it is not reused
+
+    def close(self) -> None:
+        if self.upload_id is None:  # it all fits in one part
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.buffer, ContentType=self.content_type)
+            return
+        if self.buffer:
+            self._upload_part()
+        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                          MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        """Best effort: the bucket's lifecycle rule removes an upload left incomplete anyway."""
+        if self.upload_id is None:
+            return
+        try:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass

@@ -3,13 +3,27 @@
 Idempotent by construction: outputs go to deterministic keys (`{batch_id}-{part}`), a checkpoint lists the
 parents already done, and the ledger's batch item says whether the batch is finished. A retried or resumed
 batch fetches only the parents that are not done and never writes a record twice.
+
+Nothing waits for the end of the invocation: every `FLUSH_RECORDS` records or `FLUSH_SECONDS` seconds the
+worker writes a part (raw records, the next level's items) and then the checkpoint that names it, so memory is
+bounded by the flush size and an invocation that Lambda kills (timeout, out of memory) loses at most the pages
+since its last flush. A part is numbered by the checkpoint: one written but not yet checkpointed when the
+invocation died is overwritten by the same part of the next attempt (a part is written only when it holds
+records, so that next part always exists when the killed one did), never read twice.
+
+Time: `time_plan` turns the Lambda's remaining time into the budget for starting calls and the window every
+call must end in, so no call is in flight when the results are written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
+import os
+import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,6 +38,44 @@ from harvester.template import lookup
 MAX_IN_FLIGHT = 64  # connections one worker keeps open at most
 PROGRESS_SECONDS = 5.0  # a running batch writes its figures so far to the ledger this often
 START_IN_FLIGHT = 8  # before any latency is known; calls waiting for a token cost nothing
+FLUSH_RECORDS = 10_000  # a part is written once this many records are waiting (HARVESTER_FLUSH_RECORDS)
+FLUSH_SECONDS = 60.0  # ... or once the oldest waiting record is this old (HARVESTER_FLUSH_SECONDS)
+#: seconds kept for the last write of an invocation (a part of at most FLUSH_RECORDS records, the checkpoint,
+#: the ledger's failures and batch item): a few S3 and DynamoDB requests, well under a second as a rule
+WRITE_SECONDS = 5.0
+
+#: set when the invocation is asked to stop now (a local run's Ctrl-C, SIGTERM or --timeout: the sandbox's SIGTERM
+#: handler): the lanes are cancelled, the calls in flight abandoned (their pages are asked for again next time),
+#: and what was fetched is written with its checkpoint before the invocation ends as BatchIncomplete
+STOP = threading.Event()
+ACTIVE: list[str] = []  # the batches this process is harvesting now (what a stop request would interrupt)
+
+
+def reserve_seconds(spec: SourceSpec, write_seconds: float = WRITE_SECONDS) -> float:
+    """Time kept back from the Lambda deadline when starting calls: a call started just before the budget ends
+    may take its whole connect + read timeout, then the results must still be written."""
+    return spec.timeouts.connect + spec.timeouts.read + write_seconds
+
+
+def time_plan(remaining: float, spec: SourceSpec, override: float | None = None,
+              write_seconds: float = WRITE_SECONDS) -> tuple[float, float]:
+    """(budget, call window) in seconds from now, for an invocation with `remaining` seconds before Lambda stops
+    it (Sandbox.Timedout: the invocation's unwritten work is lost).
+
+    Calls start within the budget (the remaining time minus `reserve_seconds`) and every call ends within the
+    window (the remaining time minus the write time): a call still running at the window's end is cut and its
+    page asked for again by the next invocation. When the invocation has less time than the reserve, calls
+    start in the first half of the window. `override` (HARVESTER_BATCH_SECONDS, local runs) sets the budget."""
+    window = max(0.0, remaining - write_seconds)
+    if override is not None:
+        return min(override, window), min(window, override + spec.timeouts.connect + spec.timeouts.read)
+    return max(remaining - reserve_seconds(spec, write_seconds), 0.5 * window), window
+
+
+def flush_settings() -> tuple[int, float]:
+    """(records, seconds) between two parts; the environment may lower them (tests, small functions)."""
+    return (int(os.environ.get("HARVESTER_FLUSH_RECORDS") or FLUSH_RECORDS),
+            float(os.environ.get("HARVESTER_FLUSH_SECONDS") or FLUSH_SECONDS))
 
 
 def lanes_needed(rate_share: float | None, latency: float, cap: int) -> int:
@@ -86,6 +138,331 @@ def child_context(spec: SourceSpec, level_index: int, parent: dict, record: Any,
     return {**parent, level.name: fields}
 
 
+@dataclass
+class _List:
+    """One parent's list in this invocation: the records fetched and not yet written, and where it goes on."""
+
+    key: str
+    parent: dict[str, dict[str, Any]]
+    stored: int  # records of this list already in parts (earlier invocations, earlier flushes)
+    next: paginate.PageRequest | None  # the first page not fetched
+    records: list[Any] = field(default_factory=list)
+    kids: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False  # its last page is fetched
+    dirty: bool = False  # it fetched a page that no checkpoint knows of yet
+
+    def add(self, page: list[Any], kids: list[dict[str, Any]], nxt: paginate.PageRequest | None) -> None:
+        self.records.extend(page)
+        self.kids.extend(kids)
+        self.next, self.done, self.dirty = nxt, nxt is None, True
+
+
+def _request(req: paginate.PageRequest) -> dict[str, Any]:
+    return {"url": req.url, "params": req.params, "number": req.number}
+
+
+def _new_checkpoint() -> dict[str, Any]:
+    return {"done": [], "parts": 0, "records": 0, "children": 0, "calls_by_attempt": {}, "pages": 0,
+            "throttled": 0, "retries": 0, "invocations": 0, "failed": {},
+            "partial": {}}  # partial: parent -> {"next": page request, "fetched": records stored so far}
+
+
+class _Batch:
+    """One invocation's work on a batch: lists in progress, the checkpoint, the parts it writes."""
+
+    def __init__(self, spec: SourceSpec, run: dict[str, Any], level_index: int, batch: dict[str, Any], *,
+                 store: storage.Store, ledger: Ledger, limiter) -> None:
+        self.spec, self.store, self.ledger, self.limiter = spec, store, ledger, limiter
+        self.source, self.run_id, self.attempt = run["source"], run["run_id"], int(run.get("attempt", 1))
+        self.ttl = int(run["expires_at"])
+        self.level_index, self.level = level_index, spec.levels[level_index]
+        self.is_leaf = level_index == len(spec.levels) - 1
+        self.batch_id, self.parents = batch["batch_id"], batch["parents"]
+        self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
+        self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
+        ck = self.ck
+        self.base = {"calls": ck["calls_by_attempt"].get(str(self.attempt), 0), "pages": ck["pages"],
+                     "throttled": ck["throttled"], "retries": ck["retries"], "invocations": ck["invocations"],
+                     "token_wait_seconds": float(ck.get("token_wait_seconds", 0.0)),
+                     "limiter_writes": ck.get("limiter_writes", 0), "tokens_expired": ck.get("tokens_expired", 0)}
+        self.prior_calls = sum(ck["calls_by_attempt"].values())
+        self.resume_at = dict(ck["partial"])  # lists an earlier invocation cut: where they go on
+        self.done = set(ck["done"])
+        # a parent that failed permanently in this attempt is not refetched by a continuation; a resume retries it
+        failed_now = {k for k, f in ck["failed"].items() if f.get("attempt") == self.attempt}
+        self.todo = [p for p in self.parents if parent_key(p, spec) not in self.done | failed_now]
+        self.order = {parent_key(p, spec): i for i, p in enumerate(self.todo)}
+        self.lists: dict[str, _List] = {}
+        self.failures: dict[str, dict[str, Any]] = {}  # this invocation's, not yet in the checkpoint
+        self.failed_keys: set[str] = set()
+        self.completed = 0  # lists this invocation finished (and wrote)
+        self.buffered = 0  # records fetched and not yet in a part
+        self.records_written = self.bytes_written = 0
+        self.flush_records, self.flush_seconds = flush_settings()
+        self.last_flush = time.monotonic()
+        self.flush_lock = asyncio.Lock()
+        self.out_of_time = False
+        self.auth_error: AuthFailed | None = None
+        self.fetcher: Fetcher | None = None
+        self.lanes: list[asyncio.Task] = []
+
+    # --- fetching -----------------------------------------------------------------------------------------------
+    async def fetch(self, secret: str | None, started: float, time_budget: float, call_window: float | None,
+                    transport: httpx.AsyncBaseTransport | None, workers: int | None) -> None:
+        spec = self.spec
+        deadline = started + time_budget
+        margin = min(30.0, 0.1 * time_budget)  # stop starting parents a little before the budget ends
+        # requests in flight: fixed by the spec, or sized from this worker's share of the rate and the latency seen
+        cap = spec.max_in_flight or MAX_IN_FLIGHT
+        workers = workers or spec.workers()  # batches of this level running at once
+        rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
+        in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
+        timeout = httpx.Timeout(spec.timeouts.read, connect=spec.timeouts.connect)
+        limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
+        headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
+        async with httpx.AsyncClient(
+            timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True,
+            verify=ssl_context(),
+        ) as http:
+            self.fetcher = Fetcher(spec, http, self.limiter, secret, deadline - min(1.0, 0.05 * time_budget),
+                                   call_deadline=None if call_window is None else started + call_window)
+            queue: asyncio.Queue = asyncio.Queue()
+            for p in self.todo:
+                queue.put_nowait(p)
+
+            def grow() -> None:
+                """Add lanes while Little's law says more requests in flight are needed (never more than parents)."""
+                stats = self.fetcher.stats
+                if spec.max_in_flight or not stats.calls:
+                    return
+                want = lanes_needed(rate_share, stats.latency_sum / stats.calls, cap)
+                while sum(not task.done() for task in self.lanes) < min(want, queue.qsize()):
+                    self.lanes.append(asyncio.create_task(lane()))
+
+            async def lane() -> None:
+                while not queue.empty() and not self.out_of_time and self.auth_error is None:
+                    if deadline - time.monotonic() < margin:
+                        self.out_of_time = True
+                        return
+                    parent = queue.get_nowait()
+                    # each list not started yet needs at least one call: the limiter leases no further ahead than
+                    # that, so a worker near its end leaves no unused tokens behind (others could have used them)
+                    self.limiter.expect(queue.qsize())
+                    await self.walk(parent)
+                    grow()
+
+            progress = asyncio.create_task(self.report_progress())
+            stopper = asyncio.create_task(self.stop_when_asked())
+            self.lanes.extend(asyncio.create_task(lane()) for _ in range(max(1, min(in_flight, len(self.todo)))))
+            try:
+                while self.lanes and not all(task.done() for task in self.lanes):
+                    await asyncio.gather(*self.lanes)
+            except asyncio.CancelledError:
+                if not STOP.is_set():
+                    raise
+                await asyncio.gather(*self.lanes, return_exceptions=True)  # stopped: what was fetched is written
+            except BaseException:
+                for task in self.lanes:  # a write failed: stop fetching, the invocation fails as it is
+                    task.cancel()
+                await asyncio.gather(*self.lanes, return_exceptions=True)
+                raise
+            finally:
+                for task in (progress, stopper):
+                    task.cancel()
+                await asyncio.gather(progress, stopper, return_exceptions=True)
+
+    async def stop_when_asked(self) -> None:
+        """Cancel the lanes when STOP is set: every list keeps the pages it has and the request of the page in flight
+        as its next one, so the final flush's checkpoint continues it."""
+        while not STOP.is_set():
+            await asyncio.sleep(0.1)
+        self.out_of_time = True
+        for task in self.lanes:
+            task.cancel()
+
+    async def walk(self, parent: dict[str, dict[str, Any]]) -> None:
+        """Fetch one parent's list page by page (from where an earlier invocation cut it), flushing as due."""
+        key = parent_key(parent, self.spec)
+        resume = self.resume_at.get(key)
+        start = paginate.PageRequest(**resume["next"]) if resume else None
+        st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start)
+        pages = self.fetcher.pages(self.level, template_context(parent, self.spec), start=start,
+                                   fetched_before=st.stored)
+        while True:
+            try:
+                page, nxt = await anext(pages)
+                kids = [] if self.is_leaf else [
+                    child_context(self.spec, self.level_index, parent, r, self.level.path) for r in page]
+            except StopAsyncIteration:
+                return
+            except OutOfTime:
+                self.out_of_time = True
+                return
+            except AuthFailed as exc:
+                self.auth_error = exc
+                self.fail(key, exc.as_item())
+                return
+            except CallFailed as exc:
+                self.fail(key, exc.as_item())
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug or surprise must not lose the other parents' pages
+                self.fail(key, {"url": self.level.path, "status": None, "excerpt": "", "attempts": 1,
+                                "reason": f"unexpected {type(exc).__name__}: {exc}"[:300]})
+                return
+            st.add(page, kids, nxt)
+            self.buffered += len(page)
+            if self.flush_due():  # outside the try: a failed write is the invocation's failure, not the parent's
+                await self.flush()
+
+    def fail(self, key: str, item: dict[str, Any]) -> None:
+        self.failures[key] = {**item, "parent": key}
+        self.failed_keys.add(key)
+
+    async def report_progress(self) -> None:
+        """The ledger shows a long batch moving (calls, records, 429s so far), not only when it ends."""
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            now = self.fetcher.stats
+            fields = {"status": "RUNNING", "parents": len(self.parents),
+                      "done_parents": len(self.done) + sum(st.done for st in self.lists.values()),
+                      "calls": self.prior_calls + now.calls, "throttled": self.base["throttled"] + now.throttled,
+                      "records": self.ck["records"] + self.buffered, "last_attempt": self.attempt}
+            try:
+                await asyncio.to_thread(self.ledger.put_progress, self.source, self.run_id, self.level_index,
+                                        self.batch_id, fields, self.ttl)
+            except Exception:  # noqa: BLE001 - progress is informative; the batch's own writes are what count
+                pass
+
+    # --- writing ------------------------------------------------------------------------------------------------
+    def flush_due(self) -> bool:
+        return self.buffered >= self.flush_records or (
+            self.buffered > 0 and time.monotonic() - self.last_flush >= self.flush_seconds)
+
+    async def flush(self, final: bool = False) -> None:
+        """Write what is waiting as the next part, then the checkpoint that names it (one flush at a time; the
+        lanes go on fetching meanwhile)."""
+        async with self.flush_lock:
+            if not final and not self.flush_due():
+                return  # another lane flushed while this one waited
+            part, records, kids = self.take()
+            ck = copy.deepcopy(self.ck)
+            self.last_flush = time.monotonic()
+            written = await asyncio.to_thread(self.write, part, records, kids, ck)
+            self.ck["bytes"] = ck["bytes"]
+            self.records_written += len(records)
+            self.bytes_written += written
+
+    def take(self) -> tuple[int | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        """Move what is waiting into the checkpoint (in memory): returns the part's number (None when there are no
+        records: no part), its records and the next level's parents, in the batch's parent order."""
+        fetched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        records: list[dict[str, Any]] = []
+        kids: list[dict[str, Any]] = []
+        for st in sorted((s for s in self.lists.values() if s.dirty), key=lambda s: self.order[s.key]):
+            meta = {"_source": self.source, "_run_id": self.run_id, "_level": self.level.name,
+                    "_lineage": lineage(st.parent, self.spec), "_fetched_at": fetched_at}
+            records.extend({**r, **meta} if isinstance(r, dict) else {"value": r, **meta} for r in st.records)
+            kids.extend(st.kids)
+            st.stored += len(st.records)
+            st.records, st.kids, st.dirty = [], [], False
+            if st.done:
+                self.done.add(st.key)
+                self.completed += 1
+                self.ck["partial"].pop(st.key, None)
+                self.ck["failed"].pop(st.key, None)
+                del self.lists[st.key]
+            else:
+                # a list cut by the deadline, by a flush, or by a failure after some pages: it goes on from here
+                # (refetching the pages before it would write them twice)
+                self.ck["partial"][st.key] = {"next": _request(st.next), "fetched": st.stored}
+        for key, failure in self.failures.items():
+            self.ck["failed"][key] = {**failure, "attempt": self.attempt}
+        self.failures = {}
+        self.buffered = 0
+        part = None
+        if records:
+            part = self.ck["parts"]
+            self.ck["parts"] = part + 1
+        self.ck["done"] = sorted(self.done)
+        self.ck["records"] += len(records)
+        self.ck["children"] += len(kids)
+        self.count()
+        return part, records, kids
+
+    def count(self) -> None:
+        """The checkpoint's counters: what earlier invocations counted plus this one's so far."""
+        stats, lim, base, ck = self.fetcher.stats, self.limiter.stats(), self.base, self.ck
+        ck["calls_by_attempt"][str(self.attempt)] = base["calls"] + stats.calls
+        ck["pages"], ck["throttled"] = base["pages"] + stats.pages, base["throttled"] + stats.throttled
+        ck["retries"], ck["invocations"] = base["retries"] + stats.retries, base["invocations"] + 1
+        ck["token_wait_seconds"] = round(base["token_wait_seconds"] + float(lim.get("wait_seconds", 0.0)), 3)
+        ck["limiter_writes"] = base["limiter_writes"] + int(lim.get("lease_writes", 0))
+        # tokens this worker leased from the shared bucket and never used: vendor capacity the run left unused
+        ck["tokens_expired"] = base["tokens_expired"] + int(lim.get("tokens_expired", 0))
+
+    def write(self, part: int | None, records: list[dict[str, Any]], kids: list[dict[str, Any]],
+              ck: dict[str, Any]) -> int:
+        """The part's objects first, the checkpoint last: a checkpoint never names a part that is not written."""
+        written = 0
+        if part is not None:
+            written = self.store.put_records(
+                storage.raw_key(self.source, self.run_id, self.level.name, self.batch_id, part), records)
+            if kids:
+                self.store.put_json(storage.children_key(self.source, self.run_id, self.level_index + 1,
+                                                         self.batch_id, part), self.child_items(part, kids))
+        ck["bytes"] = ck.get("bytes", 0) + written
+        self.store.put_json(self.ck_key, ck)
+        return written
+
+    def child_items(self, part: int, kids: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        size = self.spec.batch_size(self.level_index + 1)
+        items = []
+        for chunk, start in enumerate(range(0, len(kids), size)):
+            cid = child_batch_id(self.batch_id, part, chunk)
+            items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid), "parents": kids[start:start + size]})
+        return items
+
+    # --- the end of the invocation ------------------------------------------------------------------------------
+    def finish(self, started: float) -> dict[str, Any]:
+        """The batch item and failures in the ledger; returns the summary or raises BatchIncomplete/BatchFailed."""
+        ck, stats = self.ck, self.fetcher.stats
+        unfinished = len(self.parents) - len(ck["done"])
+        left = len(self.todo) - self.completed - len(self.failed_keys)  # parents not tried: time ran out
+        status = "RUNNING" if left and self.auth_error is None else ("SUCCEEDED" if unfinished == 0 else "FAILED")
+        current_failures = [f for f in ck["failed"].values() if f.get("attempt") == self.attempt]
+        summary = {
+            "status": status, "parents": len(self.parents), "done_parents": len(ck["done"]),
+            "records": ck["records"], "bytes": ck.get("bytes", 0), "children": ck["children"],
+            "calls": sum(ck["calls_by_attempt"].values()), "calls_by_attempt": ck["calls_by_attempt"],
+            "pages": ck["pages"], "throttled": ck["throttled"], "retries": ck["retries"], "parts": ck["parts"],
+            "invocations": ck["invocations"], "last_attempt": self.attempt, "failures": len(current_failures),
+            "token_wait_seconds": ck["token_wait_seconds"], "limiter_writes": ck["limiter_writes"],
+            "tokens_expired": ck["tokens_expired"], "current_rate": self.limiter.stats().get("current_rate"),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        self.ledger.put_failures(self.source, self.run_id, self.level_index, self.batch_id, current_failures, self.ttl)
+        if current_failures:
+            first = current_failures[0]
+            summary["error"] = (f"{len(current_failures)} of {len(self.parents)} parents failed, first: "
+                                f"{first['reason']} ({first['url']})")
+        self.ledger.put_batch(self.source, self.run_id, self.level_index, self.batch_id, summary, self.ttl)
+        result = {"batch_id": self.batch_id, **summary, "call_stats": stats.as_dict(),
+                  "bytes_written": self.bytes_written, "records_written": self.records_written}
+        error: Exception | None = None
+        if self.auth_error is not None:
+            error = BatchFailed(f"{self.auth_error.reason} ({self.auth_error.url}); {unfinished} parents left for a resume")
+        elif status == "RUNNING":
+            error = BatchIncomplete(
+                f"batch {self.batch_id}: {len(ck['done'])}/{len(self.parents)} parents done when the time budget "
+                "ran out; the next attempt continues from the checkpoint")
+        elif status == "FAILED":
+            error = BatchFailed(f"batch {self.batch_id}: {summary['error']}")
+        if error is not None:
+            error.result = result  # type: ignore[attr-defined]  # what this invocation did, for the handler's metrics
+            raise error
+        return result
+
+
 async def harvest_batch(
     spec: SourceSpec,
     run: dict[str, Any],
@@ -97,237 +474,23 @@ async def harvest_batch(
     limiter,
     secret: str | None,
     time_budget: float,
+    call_window: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Harvest one batch. Returns a small summary; raises BatchIncomplete or BatchFailed after saving progress."""
+    """Harvest one batch. Returns a small summary; raises BatchIncomplete or BatchFailed after saving progress.
+
+    `time_budget`: seconds from now in which calls may start; `call_window`: seconds from now by which every
+    call has ended (see `time_plan`; None: a call ends by the spec's timeouts)."""
     started = time.monotonic()
-    deadline = started + time_budget
-    source, run_id, attempt = run["source"], run["run_id"], int(run.get("attempt", 1))
-    batch_id, parents = batch["batch_id"], batch["parents"]
-    level = spec.levels[level_index]
-    is_leaf = level_index == len(spec.levels) - 1
-    ttl = int(run["expires_at"])
-
-    existing = ledger.get_batch(source, run_id, level_index, batch_id)
+    existing = ledger.get_batch(run["source"], run["run_id"], level_index, batch["batch_id"])
     if existing and existing.get("status") == "SUCCEEDED":
-        return {"batch_id": batch_id, "status": "SUCCEEDED", "skipped": True}
-
-    ck_key = storage.checkpoint_key(source, run_id, level_index, batch_id)
-    ck = store.get_json(ck_key, default=None) or {
-        "done": [], "parts": 0, "records": 0, "children": 0, "calls_by_attempt": {}, "pages": 0,
-        "throttled": 0, "retries": 0, "invocations": 0,
-    }
-    ck.setdefault("failed", {})
-    ck.setdefault("partial", {})  # parent -> {"next": page request, "fetched": records stored so far}
-    done = set(ck["done"])
-    # a parent that failed permanently in this attempt is not refetched by a continuation; a resume retries it
-    failed_now = {k for k, f in ck["failed"].items() if f.get("attempt") == attempt}
-    todo = [p for p in parents if parent_key(p, spec) not in done and parent_key(p, spec) not in failed_now]
-
-    # stop starting parents a little before the deadline so that writing the results fits in
-    margin = min(30.0, 0.1 * time_budget)
-    # requests in flight: fixed by the spec, or sized from this worker's share of the rate and the latency seen
-    cap = spec.max_in_flight or MAX_IN_FLIGHT
-    workers = workers or spec.workers()  # batches of this level running at once
-    rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
-    in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
-    fetched: dict[str, list[Any]] = {}
-    partial: dict[str, tuple[list[Any], paginate.PageRequest | None]] = {}  # lists cut by the deadline
-    failures: dict[str, dict[str, Any]] = {}
-    out_of_time = False
-    auth_error: AuthFailed | None = None
-
-    timeout = httpx.Timeout(spec.timeouts.read, connect=spec.timeouts.connect)
-    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
-    headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
-    async with httpx.AsyncClient(
-        timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True,
-        verify=ssl_context(),
-    ) as http:
-        # calls may start until shortly before the deadline (a call in flight is bounded by the read timeout)
-        fetcher = Fetcher(spec, http, limiter, secret, deadline - min(1.0, 0.05 * time_budget))
-        queue: asyncio.Queue = asyncio.Queue()
-        for p in todo:
-            queue.put_nowait(p)
-
-        lanes: list[asyncio.Task] = []
-
-        async def lane() -> None:
-            nonlocal out_of_time, auth_error
-            while not queue.empty() and not out_of_time and auth_error is None:
-                if deadline - time.monotonic() < margin:
-                    out_of_time = True
-                    return
-                parent = queue.get_nowait()
-                # each list not started yet needs at least one call: the limiter leases no further ahead than
-                # that, so a worker near its end leaves no unused tokens behind (others could have used them)
-                limiter.expect(queue.qsize())
-                key = parent_key(parent, spec)
-                resume = ck["partial"].get(key)
-                try:
-                    fetched[key] = await fetcher.fetch_list(
-                        level,
-                        template_context(parent, spec),
-                        start=paginate.PageRequest(**resume["next"]) if resume else None,
-                        fetched_before=resume["fetched"] if resume else 0,
-                    )
-                except OutOfTime as exc:
-                    out_of_time = True
-                    if exc.records or exc.next_request is not None:
-                        partial[key] = (exc.records, exc.next_request)
-                except AuthFailed as exc:
-                    auth_error = exc
-                    failures[key] = {**exc.as_item(), "parent": key}
-                except CallFailed as exc:
-                    failures[key] = {**exc.as_item(), "parent": key}
-                except Exception as exc:  # noqa: BLE001 - a bug or surprise must not lose the other parents' pages
-                    failures[key] = {"url": level.path, "status": None, "reason": f"unexpected {type(exc).__name__}: {exc}"[:300],
-                                     "excerpt": "", "attempts": 1, "parent": key}
-                grow()
-
-        def grow() -> None:
-            """Add lanes while Little's law says more requests in flight are needed (never more than parents)."""
-            stats = fetcher.stats
-            if spec.max_in_flight or not stats.calls:
-                return
-            want = lanes_needed(rate_share, stats.latency_sum / stats.calls, cap)
-            while sum(not task.done() for task in lanes) < min(want, queue.qsize()):
-                lanes.append(asyncio.create_task(lane()))
-
-        async def report_progress() -> None:
-            """The ledger shows a long batch moving (calls, records, 429s so far), not only when it ends."""
-            prior_calls = sum(ck["calls_by_attempt"].values())
-            while True:
-                await asyncio.sleep(PROGRESS_SECONDS)
-                now = fetcher.stats
-                fields = {"status": "RUNNING", "parents": len(parents), "done_parents": len(done) + len(fetched),
-                          "calls": prior_calls + now.calls, "throttled": ck["throttled"] + now.throttled,
-                          "records": ck["records"] + sum(len(v) for v in fetched.values()), "last_attempt": attempt}
-                try:
-                    await asyncio.to_thread(ledger.put_progress, source, run_id, level_index, batch_id, fields, ttl)
-                except Exception:  # noqa: BLE001 - progress is informative; the batch's own writes are what count
-                    pass
-
-        progress = asyncio.create_task(report_progress())
-        lanes.extend(asyncio.create_task(lane()) for _ in range(max(1, min(in_flight, len(todo)))))
-        try:
-            while lanes and not all(task.done() for task in lanes):
-                await asyncio.gather(*lanes)
-        finally:
-            progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
-        stats = fetcher.stats
-
-    # --- turn pages into records and child items -------------------------------------------------------------
-    by_key = {parent_key(p, spec): p for p in todo}
-    fetched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    records: list[dict[str, Any]] = []
-    children: list[dict[str, Any]] = []
-    completed: list[str] = []
-    cut: dict[str, dict[str, Any]] = {}  # parents continued by the next invocation
-    # in the batch's parent order, not the order lanes finished: the same input always writes the same objects
-    got = {**fetched, **{k: recs for k, (recs, _) in partial.items()}}
-    for key, page_records in ((k, got[k]) for k in by_key if k in got):
-        parent = by_key[key]
-        try:
-            kids = [] if is_leaf else [child_context(spec, level_index, parent, r, level.path) for r in page_records]
-        except CallFailed as exc:
-            failures[key] = {**exc.as_item(), "parent": key}
-            continue
-        meta = {"_source": source, "_run_id": run_id, "_level": level.name, "_lineage": lineage(parent, spec),
-                "_fetched_at": fetched_at}
-        records.extend({**r, **meta} if isinstance(r, dict) else {"value": r, **meta} for r in page_records)
-        children.extend(kids)
-        before = ck["partial"].get(key, {}).get("fetched", 0)
-        if key in partial:
-            nxt = partial[key][1]
-            cut[key] = {"next": {"url": nxt.url, "params": nxt.params, "number": nxt.number},
-                        "fetched": before + len(page_records)}
-        else:
-            completed.append(key)
-
-    part = ck["parts"]
-    written = 0
-    if completed or cut:
-        if records:
-            written = store.put_records(storage.raw_key(source, run_id, level.name, batch_id, part), records)
-        if children:
-            size = spec.batch_size(level_index + 1)
-            items = []
-            for chunk, start in enumerate(range(0, len(children), size)):
-                cid = child_batch_id(batch_id, part, chunk)
-                items.append({"batch_id": cid, "sk": batch_sk(level_index + 1, cid), "parents": children[start : start + size]})
-            store.put_json(storage.children_key(source, run_id, level_index + 1, batch_id, part), items)
-        ck["parts"] = part + 1
-    ck["done"] = sorted(done | set(completed))
-    for key in completed:
-        ck["failed"].pop(key, None)
-        ck["partial"].pop(key, None)
-    # a list that failed after an earlier cut keeps its cut: a resume continues it from there, since the pages
-    # before it are already stored (refetching them would write them twice)
-    ck["partial"].update(cut)
-    for key, failure in failures.items():
-        ck["failed"][key] = {**failure, "attempt": attempt}
-    current_failures = [f for f in ck["failed"].values() if f.get("attempt") == attempt]
-    ck["records"] += len(records)
-    ck["bytes"] = ck.get("bytes", 0) + written
-    ck["children"] += len(children)
-    ck["pages"] += stats.pages
-    ck["throttled"] += stats.throttled
-    ck["retries"] += stats.retries
-    ck["invocations"] += 1
-    limiter_stats = limiter.stats()
-    ck["token_wait_seconds"] = round(ck.get("token_wait_seconds", 0.0) + float(limiter_stats.get("wait_seconds", 0.0)), 3)
-    ck["limiter_writes"] = ck.get("limiter_writes", 0) + int(limiter_stats.get("lease_writes", 0))
-    # tokens this worker leased from the shared bucket and never used: vendor capacity the run left unused
-    ck["tokens_expired"] = ck.get("tokens_expired", 0) + int(limiter_stats.get("tokens_expired", 0))
-    ck["calls_by_attempt"][str(attempt)] = ck["calls_by_attempt"].get(str(attempt), 0) + stats.calls
-    store.put_json(ck_key, ck)
-
-    unfinished = len(parents) - len(ck["done"])
-    left = len(todo) - len(completed) - len(failures)  # parents not tried because time ran out
-    status = "RUNNING" if left and auth_error is None else ("SUCCEEDED" if unfinished == 0 else "FAILED")
-    summary = {
-        "status": status,
-        "parents": len(parents),
-        "done_parents": len(ck["done"]),
-        "records": ck["records"],
-        "bytes": ck["bytes"],
-        "children": ck["children"],
-        "calls": sum(ck["calls_by_attempt"].values()),
-        "calls_by_attempt": ck["calls_by_attempt"],
-        "pages": ck["pages"],
-        "throttled": ck["throttled"],
-        "retries": ck["retries"],
-        "parts": ck["parts"],
-        "invocations": ck["invocations"],
-        "last_attempt": attempt,
-        "failures": len(current_failures),
-        "token_wait_seconds": ck["token_wait_seconds"],
-        "limiter_writes": ck["limiter_writes"],
-        "tokens_expired": ck["tokens_expired"],
-        "current_rate": limiter_stats.get("current_rate"),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    ledger.put_failures(source, run_id, level_index, batch_id, current_failures, ttl)
-    if current_failures:
-        first = current_failures[0]
-        summary["error"] = f"{len(current_failures)} of {len(parents)} parents failed, first: {first['reason']} ({first['url']})"
-    ledger.put_batch(source, run_id, level_index, batch_id, summary, ttl)
-    result = {"batch_id": batch_id, **summary, "call_stats": stats.as_dict(), "bytes_written": written,
-              "records_written": len(records)}
-    error: Exception | None = None
-    if auth_error is not None:
-        error = BatchFailed(f"{auth_error.reason} ({auth_error.url}); {unfinished} parents left for a resume")
-    elif status == "RUNNING":
-        error = BatchIncomplete(
-            f"batch {batch_id}: {len(ck['done'])}/{len(parents)} parents done when the time budget ran out; "
-            "the next attempt continues from the checkpoint"
-        )
-    elif status == "FAILED":
-        error = BatchFailed(f"batch {batch_id}: {summary['error']}")
-    if error is not None:
-        error.result = result  # type: ignore[attr-defined]  # what this invocation did, for the handler's metrics
-        raise error
-    return result
+        return {"batch_id": batch["batch_id"], "status": "SUCCEEDED", "skipped": True}
+    job = _Batch(spec, run, level_index, batch, store=store, ledger=ledger, limiter=limiter)
+    ACTIVE.append(batch["batch_id"])
+    try:
+        await job.fetch(secret, started, time_budget, call_window, transport, workers)
+    finally:
+        ACTIVE.remove(batch["batch_id"])
+    await job.flush(final=True)
+    return job.finish(started)

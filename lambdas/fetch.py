@@ -15,17 +15,14 @@ from harvester import aws
 from harvester.metering import metered
 from harvester.ratelimit import limiter_for
 from harvester.secrets import resolve_secret
-from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch
+from harvester.spec import SourceSpec
+from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch, time_plan
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 
 __all__ = ["handler", "BatchFailed", "BatchIncomplete"]
-
-#: seconds kept back from the Lambda deadline for writing results
-RESERVE_SECONDS = 10.0
-
 
 class FetchEvent(BaseModel):
     run: dict[str, Any]
@@ -34,11 +31,13 @@ class FetchEvent(BaseModel):
     workers: int | None = None
 
 
-def time_budget(context: LambdaContext) -> float:
+def time_budget(context: LambdaContext, spec: SourceSpec) -> tuple[float, float]:
+    """(seconds to start calls in, seconds every call ends in) from the time Lambda leaves this invocation: the
+    reserve is the spec's connect + read timeout plus the write time (harvester.worker.time_plan). Lambda stops
+    an invocation at its timeout, whatever it is doing:
+    https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html"""
     override = os.environ.get("HARVESTER_BATCH_SECONDS")
-    if override:
-        return float(override)
-    return max(5.0, context.get_remaining_time_in_millis() / 1000 - RESERVE_SECONDS)
+    return time_plan(context.get_remaining_time_in_millis() / 1000, spec, float(override) if override else None)
 
 
 @metered("fetch")  # duration, memory and AWS calls of the invocation, for the run's cost
@@ -60,12 +59,14 @@ def handler(event: FetchEvent, context: LambdaContext) -> dict:
         metrics=metrics,  # the limiter adds TokensGranted, Waits, WaitSeconds, Throttles, LeaseWrites, CurrentRate
     )
 
+    budget, window = time_budget(context, spec)
+
     async def work() -> dict:
         try:
             return await harvest_batch(
                 spec, event.run, event.level, event.batch,
                 store=aws.store(), ledger=aws.ledger(), limiter=limiter,
-                secret=resolve_secret(spec), time_budget=time_budget(context), workers=event.workers,
+                secret=resolve_secret(spec), time_budget=budget, call_window=window, workers=event.workers,
             )
         finally:
             await limiter.close()

@@ -112,6 +112,8 @@ def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any
         out.print("no run item in the ledger (the run was refused before it started)")
     else:
         out.print(summary(run, spec, seconds, duplicates=duplicates))
+        if run.get("reopened_batches"):
+            out.print(f"{run['reopened_batches']} finished batches had raw objects missing: fetched again")
         if output:
             out.print(f"output: {output}")
         if spent:
