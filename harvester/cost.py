@@ -136,20 +136,24 @@ def usage_of_run(run: dict[str, Any], meter: dict[str, Any] | None, *, log_level
 
 @dataclass
 class Model:
-    """Per-call and per-batch figures for an estimate, measured on local runs of the demo (see README, "Cost")."""
+    """Per-call and per-invocation figures of an estimate, measured on a seed-sized local run of the demo (29,228
+    calls, 73 invocations; README, "Cost per run"): the rate limiter leases tokens in blocks, so DynamoDB sees
+    about one write per ten calls, not one per call."""
 
-    calls_per_batch: float = 0  # 0: from the spec (SourceSpec.batch_size)
-    fetch_seconds_per_call: float = 0.0  # worker time per call (mostly waiting for the rate limit's tokens)
-    limiter_writes_per_call: float = 1.0  # token bucket writes (one per lease of tokens; at most one per call)
-    s3_puts_per_batch: float = 4.0  # records part, next-level items, checkpoint, ledger mirror
-    convert_items_per_level: float = 1.0
+    calls_per_batch: float = 0  # 0: from the spec (SourceSpec.batch_size of the deepest level)
+    fetch_seconds_per_call: float = 0.05  # without a rate limit: worker time per call
+    ddb_write_units_per_call: float = 0.11  # limiter leases, batch items, progress and failures (measured 0.108)
+    ddb_read_units_per_call: float = 0.09  # limiter reads, ledger reads (measured 0.088)
+    s3_tier1_per_invocation: float = 2.5  # parts, checkpoints, manifests, Parquet (measured 156 / 73)
+    s3_tier2_per_invocation: float = 1.0  # manifests, specs, checkpoints read back (measured 71 / 73)
+    convert_invocations: float = 6  # plan, groups, plan compaction, compaction items, finish
     convert_gb_seconds: float = 2.0  # the lake conversion of a seed-sized run, all steps
 
 
 def estimate(spec, calls: int, *, log_level: str = "ERROR", model: Model | None = None) -> Usage:
-    """The usage of a run of `spec` that makes `calls` calls: the same formulas as `usage_of_run` with the counts
-    a run of that size would have. The fetch compute is the time the calls take at the spec's rate limit (every
-    worker waits for its share of tokens) at the fetch function's memory."""
+    """The usage of a run of `spec` that makes `calls` calls, with the formulas of `usage_of_run`. The fetch
+    compute is the time the calls take at the spec's rate limit, every fetch worker busy (waiting for its share
+    of tokens) all along, at the fetch function's memory."""
     from harvester.functions import FUNCTION_CATALOG
 
     m = model or Model()
@@ -157,19 +161,19 @@ def estimate(spec, calls: int, *, log_level: str = "ERROR", model: Model | None 
     per_batch = m.calls_per_batch or spec.batch_size(levels - 1)  # the deepest level makes most of the calls
     batches = max(levels, math.ceil(calls / per_batch))
     rate = spec.rate_limit.requests_per_second if spec.rate_limit else None
-    seconds = calls / rate if rate else calls * (m.fetch_seconds_per_call or 0.05)
+    seconds = calls / rate if rate else calls * m.fetch_seconds_per_call
     workers = spec.workers()
-    fetch_gb_s = max(seconds, 1) * workers * FUNCTION_CATALOG["fetch"].memory_mb / 1024  # each worker busy the whole run
-    advance = levels
-    convert = 3 + levels * m.convert_items_per_level * 2  # plan/finish steps + convert and compact items
+    fetch_gb_s = max(seconds, 1) * workers * FUNCTION_CATALOG["fetch"].memory_mb / 1024
+    small_gb_s = (1 + levels) * 0.5 * 0.5  # plan and advance: ~0.5 s at 512 MB each
+    invocations = 1 + batches + levels + m.convert_invocations
     u = Usage(
-        transitions=PARENT_STEPS_PER_RUN + PARENT_STEPS_PER_LEVEL * levels + batches + convert - 3,
-        lambda_requests=1 + batches + advance + convert,
-        lambda_gb_seconds=fetch_gb_s + (1 + advance) * 0.5 * 0.5 + m.convert_gb_seconds,
-        ddb_write_units=calls * m.limiter_writes_per_call + 3 * batches + WORKFLOW_WRITES_PER_RUN + advance,
-        ddb_read_units=2 * batches + advance,
-        s3_tier1_requests=batches * m.s3_puts_per_batch + advance * 2 + convert * 3,
-        s3_tier2_requests=batches * 2 + advance * 3 + convert * 3,
+        transitions=PARENT_STEPS_PER_RUN + PARENT_STEPS_PER_LEVEL * levels + batches + m.convert_invocations - 3,
+        lambda_requests=invocations,
+        lambda_gb_seconds=fetch_gb_s + small_gb_s + m.convert_gb_seconds,
+        ddb_write_units=calls * m.ddb_write_units_per_call + WORKFLOW_WRITES_PER_RUN,
+        ddb_read_units=calls * m.ddb_read_units_per_call,
+        s3_tier1_requests=invocations * m.s3_tier1_per_invocation,
+        s3_tier2_requests=invocations * m.s3_tier2_per_invocation,
         secrets_calls=batches if getattr(spec, "auth", None) and getattr(spec.auth, "secret", None) else 0,
     )
     u.log_bytes = _log_bytes(u.lambda_requests, u.transitions, 0, log_level)
