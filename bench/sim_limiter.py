@@ -30,6 +30,9 @@ What is the real code, what is a model
   one batch of parents) follows harvester/worker.py: START_IN_FLIGHT lanes, more by ``lanes_needed`` after
   each call, ``expect(queue size)`` before each list, a 429 sleeps ``Retry-After`` and retries. Every list is
   one page (one call), as in bench/bench_ratelimit.py.
+* **Proposed, simulated only** (``Scenario.lane_cap``, ``Scenario.grace_fix``, ``Scenario.shards``; off by
+  default): ``LaneCappedLimiter`` (a lease no larger than the worker's lanes), a grace of (burst - 1) / (2 rate)
+  without the 5 ms floor, and K sharded bucket items (rate/K and burst/K each; Map slot i uses item i mod K).
 
 Assumptions (AWS profile; stated, not measured)
 -----------------------------------------------
@@ -44,6 +47,9 @@ Assumptions (AWS profile; stated, not measured)
 * Vendor: 50 ms service latency, network one way 1 ms + Exp(0.5 ms) jitter; a batch's end (results to S3,
   ledger) 0.1-0.2 s.
 
+What the figures say (the defects found in harvester/ratelimit.py, the sharded design, the proposed changes
+simulated here only): README.md, "Toward 5,000 requests/s (simulation)".
+
 Local profile (bench/bench_ratelimit.py on this 2-core machine): the hierarchy 1 -> 10 -> 105 -> 1,925 calls,
 the spec's workers and batch sizes, level changes measured 0.4-0.9 s; the genuinely unknown parameters are
 calibrated (see ``LOCAL``): the moto lease round trip, the CPU a call costs its worker process (the four
@@ -55,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import collections
 import json
 import math
@@ -64,7 +69,7 @@ import selectors
 import sys
 import types
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -495,7 +500,7 @@ class Fleet:
         lat = {"sum": 0.0, "n": 0}
         todo = [parents]
         lanes: list[asyncio.Task] = []
-        limiter.lanes = lambda: len(lanes)
+        limiter.lanes = lambda: sum(not t.done() for t in lanes)
 
         async def lane() -> None:
             while todo[0] > 0:
