@@ -25,7 +25,7 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf/.nan anywhere
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,6 +115,8 @@ BATCH_SECONDS = 30
 AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_UNLIMITED = 10, 500, 100
 #: calls/s one fetch worker (one vCPU) sustains with room to spare, and the fewest workers a rate-limited level runs
 RATE_PER_WORKER, MIN_WORKERS = 50, 2
+#: more levels than any API has: a spec with thousands is a mistake (each level is a Map run and a ledger item)
+MAX_LEVELS = 20
 
 COLUMN_TYPES = re.compile(r"^(string|int64|float64|bool|timestamp\[(s|ms|us|ns)\]|decimal\(\d+,\s*\d+\))$")
 
@@ -133,7 +135,8 @@ class Auth(_Model):
 
 
 class RateLimit(_Model):
-    requests_per_second: float = Field(gt=0)
+    # finite and at most MAX_RATE: `.inf` or 1e308 would reach DynamoDB's number limits later, mid-run
+    requests_per_second: float = Field(gt=0, le=1_000_000, allow_inf_nan=False)
     burst: int = Field(5, ge=1)
 
 
@@ -145,9 +148,56 @@ class Timeouts(_Model):
 class Retries(_Model):
     """Retries of transient errors (429, 5xx, timeouts, resets) inside the worker."""
 
-    max_attempts: int = Field(8, ge=1)
-    base_delay: float = Field(0.2, ge=0)
-    max_delay: float = Field(30.0, gt=0)
+    max_attempts: int = Field(8, ge=1, le=100)
+    base_delay: float = Field(0.2, ge=0, le=3600, allow_inf_nan=False)
+    max_delay: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    # one call throttled (429, a rate-limit 403) for longer than this in total, or told to wait longer: the call
+    # fails, naming its URL, instead of waiting out the Lambda's time, attempt after attempt
+    max_throttle_seconds: float = Field(300.0, gt=0, le=86_400, allow_inf_nan=False)
+
+
+#: status classes a level's `status` block may set; the defaults fit a GitHub-shaped API (see StatusRules)
+STATUS_CLASSES = ("empty", "throttle", "retry", "permanent", "auth")
+
+
+class StatusRules(_Model):
+    """What a non-2xx status means for a level's call, when the defaults do not fit the API:
+
+    - `empty`: the list has no (more) records; the call succeeded (e.g. GitHub's 410 for disabled issues);
+    - `throttle`: the vendor pacing us: wait (Retry-After, X-RateLimit-Reset), slow the fleet, up to
+      `retries.max_throttle_seconds`;
+    - `retry`: transient, retried up to `retries.max_attempts`;
+    - `permanent`: that parent's call fails (a FAIL item naming URL and status), its siblings go on;
+    - `auth`: as permanent, and when the first parents of a batch all fail so, the batch stops (the credential).
+
+    Defaults: throttle 429 (and a 403 or 429 that carries `Retry-After` or `X-RateLimit-Remaining: 0`), retry
+    408 and 5xx, auth 401 and 403, permanent every other 4xx (404 and 410 included), empty none. A status named
+    here wins over the defaults."""
+
+    empty: list[int] = Field(default_factory=list)
+    throttle: list[int] = Field(default_factory=list)
+    retry: list[int] = Field(default_factory=list)
+    permanent: list[int] = Field(default_factory=list)
+    auth: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_class_per_status(self) -> "StatusRules":
+        seen: dict[int, str] = {}
+        for cls in STATUS_CLASSES:
+            for status in getattr(self, cls):
+                if not 300 <= status <= 599:
+                    raise ValueError(f"{cls}: {status} is not an error status (300-599)")
+                if status in seen:
+                    raise ValueError(f"{status} is in both {seen[status]} and {cls}")
+                seen[status] = cls
+        return self
+
+    def classify(self, status: int) -> str | None:
+        """The class the level gives `status`, or None (the defaults apply)."""
+        for cls in STATUS_CLASSES:
+            if status in getattr(self, cls):
+                return cls
+        return None
 
 
 class Schedule(_Model):
@@ -168,6 +218,10 @@ class Level(_Model):
     batch_size: int | None = Field(None, gt=0, le=1000)
     time_field: str | None = None
     types: dict[str, str] = Field(default_factory=dict)
+    status: StatusRules = Field(default_factory=StatusRules)
+    # a field whose presence (not null, not empty) in a 2xx body means the call failed (`{"data": [], "error": ..}`):
+    # retried as transient, then a failed call naming the URL and the field's value
+    error_path: str | None = None
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -205,7 +259,18 @@ class SourceSpec(_Model):
     retries: Retries = Field(default_factory=Retries)
     ttl_days: int = Field(90, ge=1)
     schedule: Schedule | None = None
-    levels: list[Level] = Field(min_length=1)
+    # origins (scheme://host[:port]) besides base_url's that may receive the credential (a redirect or a next
+    # link elsewhere gets no credential unless its origin is listed)
+    allowed_origins: list[str] = Field(default_factory=list, max_length=50)
+    levels: list[Level] = Field(min_length=1, max_length=MAX_LEVELS)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not re.match(r"^https?://[^/\s]+/?$", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return [o.rstrip("/") for o in v]
 
     def workers(self) -> int:
         """Fetch workers a level runs at once (the Map's MaxConcurrency, at most as many as it has batches):
