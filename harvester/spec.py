@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -22,6 +23,24 @@ from harvester.template import TemplateError, references
 
 class SpecError(ValueError):
     """A source spec is invalid. The message names the file, the field and the problem."""
+
+    def one_line(self, limit: int = 500) -> str:
+        """The message on one line for a terminal: the problems joined, cut at `limit` characters."""
+        lines = [line.strip() for line in str(self).splitlines() if line.strip()]
+        text = "; ".join(lines)
+        if len(text) > limit:
+            text = text[: limit - 40].rstrip() + f"... ({len(lines)} problem{'s' if len(lines) > 1 else ''})"
+        return text
+
+
+#: resource caps on a spec file: its size, YAML nesting and aliases (a "billion laughs" expands a few hundred bytes
+#: into gigabytes), the problems listed and how much of a wrong value an error shows
+MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_DEPTH = 50
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000
+MAX_PROBLEMS = 10
+MAX_SHOWN = 120
 
 
 class _Model(BaseModel):
@@ -397,11 +416,61 @@ def _format_errors(origin: str, exc: ValidationError) -> str:
                 loc += f".{part}" if loc else str(part)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if err["type"] in {"missing", "value_error"} or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if err["type"] in {"missing", "value_error"} or isinstance(got, dict) else f" (got {_short(got)})"
         if not loc and re.match(r"^levels\[\d+\]", msg):
             loc, msg = msg.split(": ", 1) if ": " in msg else (msg, "")  # a spec-wide check names its own field
         lines.append(f"{origin}: {loc or '(top level)'}: {msg}{shown}")
+    if len(lines) > MAX_PROBLEMS:
+        lines[MAX_PROBLEMS:] = [f"{origin}: ... and {len(lines) - MAX_PROBLEMS} more problems"]
     return "\n".join(lines)
+
+
+_REPR = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 4, 6, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A wrong value for an error message, bounded however large it is (reprlib never walks all of it)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def _too_big(data: Any, budget: int = MAX_YAML_NODES) -> bool:
+    """Whether the loaded document has more than `budget` values, aliases expanded (stops counting there)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with caps on nesting depth and aliases (it has none: deep nesting is a RecursionError,
+    an alias bomb a memory blow-up and a huge error message)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = self._aliases = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name): refused (an alias bomb?)")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels: refused")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def parse_spec(data: Any, origin: str = "<spec>") -> SourceSpec:
@@ -419,14 +488,30 @@ def parse_spec(data: Any, origin: str = "<spec>") -> SourceSpec:
 def load_spec(path: str | Path) -> SourceSpec:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; a spec is a short YAML file")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader with caps
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: not valid YAML: {_short_text(str(exc))}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
+    if _too_big(data):
+        raise SpecError(f"{path}: more than {MAX_YAML_NODES} values once its aliases are expanded: refused")
     return parse_spec(data, str(path))
+
+
+def _short_text(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_spec(sources_dir: str | Path, source: str) -> SourceSpec:
