@@ -316,3 +316,14 @@ def test_credentials_never_go_to_another_origin(auth, api, aws):
         recorder.requests.clear()  # an origin the spec allows gets the credential
         run_levels(gh_spec(server.url, allowed_origins=[other.url], **top), aws, run_id="r2", secret=secret)
         assert any(TOKEN in json.dumps(req) for req in recorder.requests)
+
+
+def test_a_redirect_loop_is_a_failed_call_naming_the_url_not_the_path_template(api, aws):
+    """Case 8: a redirect loop was reported against the level's path template ({org.login}/...)."""
+    rogue, server = api
+    rogue.redirect = {"globex/g00": server.url}  # the issues URL redirects to itself
+    out = run_levels(gh_spec(server.url), aws)
+    fails = failures(aws[1])
+    assert [f["parent"] for f in fails] == ["globex/g00"] and out["failed"]
+    assert fails[0]["url"].startswith(server.url + "/repos/globex/g00/issues") and "redirect" in fails[0]["reason"]
+    assert TOKEN not in json.dumps(fails)
