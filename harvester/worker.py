@@ -157,7 +157,9 @@ class _List:
     dirty: bool = False  # it fetched a page that no checkpoint knows of yet
     parts: list[int] = field(default_factory=list)  # parts holding its records (a loop takes them out again)
     discard: bool = False  # its pagination looped: nothing of it is kept
-    seen: set[str] = field(default_factory=set)  # primary keys of its records (this invocation's)
+    # primary keys of its last two pages (kept in the checkpoint when the list is cut): offset drift repeats the
+    # records next to a page boundary; bounded, so memory stays bounded by the flush size, not the list
+    recent: list[list[str]] = field(default_factory=lambda: [[], []])
 
     def add(self, page: list[Any], kids: list[dict[str, Any]], nxt: paginate.PageRequest | None) -> None:
         self.records.extend(page)
@@ -285,7 +287,8 @@ class _Batch:
         resume = self.resume_at.get(key)
         start = paginate.PageRequest(**resume["next"]) if resume else None
         st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start,
-                                     parts=list(resume.get("parts", [])) if resume else [])
+                                     parts=list(resume.get("parts", [])) if resume else [],
+                                     recent=[[], list(resume.get("recent_keys", []))] if resume else [[], []])
         pages = self.fetcher.pages(self.level, template_context(parent, self.spec), start=start,
                                    fetched_before=st.stored)
         while True:
@@ -326,13 +329,15 @@ class _Batch:
         is dropped; one without the fields its children need is kept and counted as bad, without children (a
         page where no record has them is the spec's mistake: the call fails, as `child_context` says)."""
         keep, kids = [], []
+        seen, keys = {*st.recent[0], *st.recent[1]}, []
         for record in page:
             rk = record_key(record, self.level.primary_key)
-            if rk is not None and rk in st.seen:
+            if rk is not None and rk in seen:
                 self.duplicates += 1
                 continue
             if rk is not None:
-                st.seen.add(rk)
+                seen.add(rk)
+                keys.append(rk)
             keep.append(record)
             if self.is_leaf:
                 continue
@@ -342,6 +347,7 @@ class _Batch:
                 if len(page) == 1 or not any(record_key(r, self.level.primary_key) for r in page):
                     raise
                 self.bad_records += 1
+        st.recent = [st.recent[1], keys]
         return keep, kids
 
     def fail(self, key: str, item: dict[str, Any]) -> None:
@@ -415,7 +421,7 @@ class _Batch:
                 # a list cut by the deadline, by a flush, or by a failure after some pages: it goes on from here
                 # (refetching the pages before it would write them twice)
                 self.ck["partial"][st.key] = {"next": _request(st.next), "fetched": st.stored,
-                                              "parts": sorted(set(st.parts))}
+                                              "parts": sorted(set(st.parts)), "recent_keys": st.recent[1]}
         for key, failure in self.failures.items():
             self.ck["failed"][key] = {**failure, "attempt": self.attempt}
         self.failures = {}

@@ -46,6 +46,7 @@ class Rogue:
     keyless: set[str] = field(default_factory=set)  # orgs whose repo list has one record without "name"
     drift: set[str] = field(default_factory=set)  # orgs whose repo list repeats a repo across pages
     redirect: dict[str, str] = field(default_factory=dict)  # repo -> base URL of another origin for its issues
+    repos_latency: float = 0.0  # seconds each answer of a repo list takes (to cut a list between invocations)
     requests: list[dict[str, Any]] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=dict)  # repo -> issues served
 
@@ -110,6 +111,7 @@ class RogueApp:
 
     async def _repos(self, request: web.Request) -> web.Response:
         org = request.match_info["org"]
+        await asyncio.sleep(self.rogue.repos_latency)
         denied = self._gate(request)
         if denied or org not in self.rogue.repos:
             return denied or self._json({"message": "Not Found"}, 404)

@@ -327,3 +327,15 @@ def test_a_redirect_loop_is_a_failed_call_naming_the_url_not_the_path_template(a
     assert [f["parent"] for f in fails] == ["globex/g00"] and out["failed"]
     assert fails[0]["url"].startswith(server.url + "/repos/globex/g00/issues") and "redirect" in fails[0]["reason"]
     assert TOKEN not in json.dumps(fails)
+
+
+def test_offset_drift_across_invocations_keeps_each_parent_once(api, aws):
+    """The repo list is cut by the time budget after its first page; the next invocation's first page repeats
+    the last repo of the page before (a repo created meanwhile): it is kept once, with its issues."""
+    rogue, server = api
+    rogue.drift, rogue.repos_latency = {"acme"}, 1.0
+    store, ledger = aws
+    out = run_levels(gh_spec(server.url), aws, budget=1.0)
+    assert out["failed"] == [] and failures(ledger) == []
+    assert max(b.get("invocations", 1) for b in ledger.batches(SOURCE, "r1", 1)) >= 2, "the list was cut"
+    assert_books(rogue, store)
