@@ -422,6 +422,7 @@ class _Batch:
             if st.discard:  # a loop: none of its records, and the parts that hold some are rewritten without them
                 if st.parts:
                     self.rewrites.append((st.parent, sorted(set(st.parts))))
+                    self.ck["records"] -= st.stored  # counted when its parts were written
                 self.ck["partial"].pop(st.key, None)
                 del self.lists[st.key]
                 continue

@@ -153,6 +153,7 @@ def test_a_pagination_loop_is_an_error_naming_parent_and_page_and_nothing_of_it_
     got = issue_ids(store)
     assert not acme_r02 & set(got), "nothing of the looping list is kept"
     assert set(got) == rogue.books()["issues"] - acme_r02 and max(got.values()) == 1
+    assert sum(b["records"] for b in ledger.batches(SOURCE, "r1", 2)) == sum(got.values()), "the ledger agrees"
 
     rogue.loops = {}  # the vendor is fixed: a resume completes the run, no duplicates
     assert run_levels(gh_spec(server.url, issues), aws, attempt=2)["failed"] == []
