@@ -118,7 +118,7 @@ def execute(
     if engine.state.failure is not None:  # e.g. disk full: what the folder holds is not this run
         raise engine.state.failure
     result = audit_run(state / "bucket", spec, run["run_id"]) if (audit and run) else None
-    _print(summary_lines(run, spec, seconds, state / "bucket", result))
+    _print(summary_lines(run, spec, seconds, state / "bucket", result, execution_error=desc.get("error")))
     if desc["status"] != "SUCCEEDED":
         print(f"execution {desc['status']}: {desc.get('error', '')}: {desc.get('cause', '')}"[:2000], file=sys.stderr)
     return run, desc, seconds
@@ -144,6 +144,9 @@ class _signals_stop:
 
 def cmd_run(args) -> int:
     spec = load_spec(args.spec)
+    from harvester.preflight import check_local
+
+    check_local(spec)  # before the state folder exists: a missing key or a vendor down writes nothing
     execution_input: dict[str, Any] = {"source": spec.name}
     if args.run_id:
         execution_input["run_id"] = args.run_id
@@ -160,6 +163,9 @@ def cmd_resume(args) -> int:
     from harvester.local.demo import demo_vendor_for
 
     with demo_vendor_for(args.state, spec):  # a demo run: its simulated vendor again, on the same port
+        from harvester.preflight import check_local
+
+        check_local(spec)
         run, desc, _ = execute(spec, path, {"source": spec.name, "resume": args.run_id}, args.state,
                                timeout=args.timeout, processes=args.processes, iam=not args.no_iam)
     return exit_code(desc)
@@ -293,7 +299,7 @@ def resolve_columns(bucket_dir: Path, query: dict[str, Any]) -> tuple[list[str],
 
 
 def query_from_args(args) -> dict[str, Any]:
-    query: dict[str, Any] = json.loads(Path(args.query_file).read_text()) if args.query_file else {}
+    query: dict[str, Any] = _query_file(args.query_file) if args.query_file else {}
     for name in ("source", "level", "start", "end"):
         if getattr(args, name):
             query[name] = getattr(args, name)
@@ -353,6 +359,18 @@ def cmd_query(args) -> int:
     else:
         _print(query_lines(result, seconds, args.state))
     return 0
+
+
+def _query_file(path: str) -> dict[str, Any]:
+    try:
+        query = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"--query-file {path}: cannot read it ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"--query-file {path}: not JSON ({str(exc)[:200]})") from None
+    if not isinstance(query, dict):
+        raise SpecError(f"--query-file {path}: expected a JSON object, got {type(query).__name__}")
+    return query
 
 
 def cmd_demo(args) -> int:
@@ -461,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)

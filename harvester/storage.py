@@ -56,9 +56,20 @@ def encode_ndjson_gz(records: Iterable[dict[str, Any]]) -> bytes:
     # mtime=0: the same records always give the same bytes (idempotent rewrites, stable ETags)
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
         for record in records:
-            gz.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+            gz.write(_json_line(record))
             gz.write(b"\n")
     return buf.getvalue()
+
+
+def _json_line(record: Any) -> bytes:
+    """One NDJSON line, UTF-8. A string with a lone surrogate (the vendor's `"\\ud83d"`, valid JSON text that
+    Python decodes to a code point UTF-8 cannot hold) is written as the JSON escape it came as, not refused:
+    one odd record must not lose its batch."""
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def decode_ndjson_gz(body: bytes) -> Iterator[dict[str, Any]]:
