@@ -170,8 +170,11 @@ def plan_query(
     *,
     max_task_bytes: int = 512 * 1024 * 1024,
     max_task_files: int = 32,
+    store: Store | None = None,
 ) -> dict:
-    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run."""
+    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run.
+    With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their level
+    first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
     q = normalize_query(query)
     if q["start"] is None and q["end"] is None:
         files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
@@ -192,11 +195,78 @@ def plan_query(
         cur_bytes += f["bytes"]
     if cur:
         tasks.append(cur)
+    if store is not None and files:
+        schemas = {q["level"]: _schema(store, files[-1]["key"])}
+        for level, keys in ancestors.items():
+            if keys:
+                schemas[level] = _schema(store, keys[-1])
+        check_types(q, schemas)
     return {
         "query_id": q["query_id"], "query": q,
         "tasks": [{"task": i, "files": t, "ancestors": ancestors} for i, t in enumerate(tasks)],
         "files": len(files), "bytes": sum(f["bytes"] for f in files), "rows": sum(f["rows"] for f in files),
     }
+
+
+def _schema(store: Store, key: str) -> pa.Schema:
+    return pq.read_schema(pa.BufferReader(store.get(key)))
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "time"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    return "other"
+
+
+def _fits(kind: str, value) -> bool:
+    if value is None or kind == "other":
+        return True
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "time":
+        try:
+            return isinstance(value, str) and parse_instant(value) is not None
+        except ValueError:
+            return False
+    return isinstance(value, str)  # text: a number compared with text is a mismatch (quote it to mean text)
+
+
+def check_types(q: dict, schemas: dict[str, pa.Schema]) -> None:
+    """Every filter value and aggregate against its column's type in `schemas` (level -> schema): a QueryError
+    naming the column, its type and the value, before any worker runs."""
+    problems = []
+    for f in q["filters"]:
+        schema = schemas.get(f["level"] or q["level"])
+        if schema is None or f["column"] not in schema.names or f["op"] in ("is_null", "not_null"):
+            continue
+        typ = schema.field(f["column"]).type
+        values = f["value"] if isinstance(f.get("value"), list) else [f.get("value")]
+        for v in values:
+            if not _fits(_kind(typ), v):
+                problems.append(f"filter {f['name']} {f['op']} {v!r}: column {f['name']} is {typ}, "
+                                f"{v!r} is {type(v).__name__}")
+    for p in q["parts"]:
+        column = p.get("column")
+        schema = schemas.get(q["level"])
+        if not column or schema is None or column not in schema.names:
+            continue
+        typ = schema.field(column).type
+        if p["kind"] in ("sum",) and _kind(typ) != "number":
+            problems.append(f"aggregate sum/mean of {column}: column {column} is {typ}, not a number")
+        if p["kind"] == "eqsum" and p.get("equals") is not None and not _fits(_kind(typ), p["equals"]):
+            problems.append(f"aggregate share of {column}={p['equals']!r}: column {column} is {typ}")
+    if problems:
+        raise QueryError("; ".join(problems[:5]))
 
 
 # ---------------------------------------------------------------- worker
@@ -634,7 +704,7 @@ def format_table(result: dict, max_rows: int = 50) -> str:
 
 def run_query(store: Store, index: FileIndex, query: dict, *, write: bool = True, **plan_kw) -> dict:
     """The whole query in one process (local engine, tests): plan, every task, reduce, write."""
-    plan = plan_query(index, query, **plan_kw)
+    plan = plan_query(index, query, store=store, **plan_kw)
     partials = [partial_aggregate(store, t, plan["query"]) for t in plan["tasks"]]
     result = reduce_partials(partials, plan["query"])
     result["stats"]["tasks"] = len(plan["tasks"])

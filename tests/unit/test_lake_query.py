@@ -231,3 +231,21 @@ def test_ancestor_columns_join_on_the_levels_primary_key():
         by_repo = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["repos.name", "repos.stars"],
                                            "aggregates": [{"op": "count"}]}, write=False)
         assert sorted(by_repo["rows"]) == [["api", 1, 10], ["api", 5, 10], ["web", 7, 10]]
+
+
+@pytest.mark.parametrize("query, words", [
+    ({"filters": [{"column": "status", "op": ">", "value": 5}]}, ["status", "string", "5"]),
+    ({"filters": [{"column": "value", "op": "=", "value": "high"}]}, ["value", "double", "high"]),
+    ({"aggregates": [{"op": "sum", "column": "status"}]}, ["sum", "status", "string"]),
+    ({"aggregates": [{"op": "mean", "column": "status"}]}, ["mean", "status", "string"]),
+    ({"filters": [{"column": "warriors.firmware", "op": "<", "value": 2}]}, ["warriors.firmware", "string"]),
+])
+def test_a_type_mismatch_is_a_query_error_naming_the_column(lake, query, words):
+    """A filter or aggregate whose value cannot compare with the column's type failed inside the Map's workers
+    and the user read `States.ExceedToleratedFailureThreshold`; the plan step checks the types against the files'
+    schemas and names the column, its type and the value."""
+    store, index, _ = lake
+    with pytest.raises(QueryError) as err:
+        plan_query(index, {"source": "demo", "level": "points", **query}, store=store)
+    for word in words:
+        assert word in str(err.value), str(err.value)
