@@ -196,11 +196,8 @@ def plan_query(
     if cur:
         tasks.append(cur)
     if store is not None and files:
-        schemas = {q["level"]: _schema(store, files[-1]["key"])}
-        for level, keys in ancestors.items():
-            if keys:
-                schemas[level] = _schema(store, keys[-1])
-        check_types(q, schemas)
+        wanted = {q["level"]: files[-1]["key"], **{lv: keys[-1] for lv, keys in ancestors.items() if keys}}
+        check_types(q, {lv: schema for lv, key in wanted.items() if (schema := _schema(store, key)) is not None})
     return {
         "query_id": q["query_id"], "query": q,
         "tasks": [{"task": i, "files": t, "ancestors": ancestors} for i, t in enumerate(tasks)],
@@ -208,8 +205,12 @@ def plan_query(
     }
 
 
-def _schema(store: Store, key: str) -> pa.Schema:
-    return pq.read_schema(pa.BufferReader(store.get(key)))
+def _schema(store: Store, key: str) -> pa.Schema | None:
+    """A file's schema, or None when it cannot be read (gone, damaged): the workers then report that file."""
+    try:
+        return pq.read_schema(pa.BufferReader(store.get(key)))
+    except Exception:  # noqa: BLE001 - the type check is a courtesy; reading the files is the workers' job
+        return None
 
 
 def _kind(t: pa.DataType) -> str:
