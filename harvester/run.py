@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from harvester import storage
-from harvester.ledger import Ledger, batch_sk, expires_at, run_pk
+from harvester import window as windows
+from harvester.ledger import Ledger, batch_sk, expires_at, run_pk, window_pk
 from harvester.spec import SourceSpec, SpecError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
@@ -29,13 +30,24 @@ class InputError(ValueError):
     """The execution input is not what the workflow expects."""
 
 
+class BackfillWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: str
+    end: str
+    step: str | None = None
+
+
 class RunInput(BaseModel):
-    """Execution input: `{"source": "demo"}`, optionally `"run_id"`, or `"resume": "<run_id>"`."""
+    """Execution input: `{"source": "demo"}`, optionally `"run_id"`, or `"resume": "<run_id>"`; a backfill:
+    `"window": {"start", "end", "step"}`; `"as_of"`: the time a daily window ends at (minus the settle lag),
+    default the execution's start."""
 
     model_config = ConfigDict(extra="forbid")
     source: str
     run_id: str | None = None
     resume: str | None = None
+    window: BackfillWindow | None = None
+    as_of: str | None = None
 
     @field_validator("run_id", "resume")
     @classmethod
@@ -58,7 +70,39 @@ def parse_input(raw: Any) -> RunInput:
                          f'with optional "run_id" or "resume"') from None
     if parsed.run_id and parsed.resume:
         raise InputError('give either "run_id" (a new run) or "resume" (an earlier run), not both')
+    if parsed.resume and (parsed.window or parsed.as_of):
+        raise InputError('a resume keeps its run\'s window: give "resume" without "window" or "as_of"')
     return parsed
+
+
+def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str, ledger: Ledger,
+                prior: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's window: a resume keeps the one its run item recorded; a backfill takes the input's (and never
+    touches the bookmark); a daily run of a windowed spec takes the next one from the ledger's bookmark (last:
+    everything else is checked by then, so a refused run takes no window)."""
+    if prior is not None:
+        return {**windows.NONE, **(prior.get("window") or {})}
+    wl = spec.window_level
+    if req.window is not None:
+        if wl is None:
+            raise InputError(f"source {spec.name!r} declares no window: a backfill needs a level with window:")
+        step = req.window.step or spec.levels[wl].window.step
+        try:
+            return windows.backfill_window(req.window.start, req.window.end, step)
+        except windows.WindowError as exc:
+            raise InputError(f"window: {exc}") from None
+    if wl is None:
+        return dict(windows.NONE)
+    started = windows.parse_time(start_time)
+    try:
+        now = windows.parse_time(req.as_of) if req.as_of else started
+    except windows.WindowError as exc:
+        raise InputError(f"as_of: {exc}") from None
+    if now > started:
+        raise InputError(f"as_of {req.as_of} is later than the execution's start ({start_time}): a window "
+                         "cannot end in the future")
+    wspec = spec.levels[wl].window
+    return ledger.claim_window(spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
 
 
 def default_run_id(start_time: str, execution_name: str) -> str:
@@ -107,7 +151,7 @@ def plan_run(
         resolve_secret(spec)  # raises SpecError naming the variable or secret
     check_url(spec.base_url)
 
-    attempt = 1
+    attempt, prior = 1, None
     if req.resume:
         prior = ledger.get_run(spec.name, req.resume)
         if prior is None:
@@ -124,6 +168,9 @@ def plan_run(
             raise InputError(f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}')
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    store.put_json(storage.spec_key(spec.name, run_id), spec.model_dump(mode="json"))
+    window = plan_window(req, spec, run_id, start_time, ledger, prior)
+    pieces = windows.slices(window)
     run = {
         "source": spec.name,
         "run_id": run_id,
@@ -139,9 +186,13 @@ def plan_run(
         "gsi1sk": f"{started}#{run_id}",
         "expires_at_str": str(expires_at(spec.ttl_days)),
         "attempt_str": str(attempt),
+        "window": window,  # recorded on the run item; Commit window moves the bookmark to its end
+        "window_pk": window_pk(spec.name),
+        "window_end_epoch": str(int(windows.parse_time(window["end"]).timestamp())) if window["end"] else "0",
     }
-    store.put_json(run["spec_key"], spec.model_dump(mode="json"))
-    manifest = [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
+    if len(pieces) > 1:
+        run["slices"] = pieces  # Map items per batch of parents and slice at the windowed level
+    manifest = root_manifest(spec, pieces)
     key = storage.manifest_key(spec.name, run_id, 0)
     store.put_json(key, manifest)
     return {
@@ -149,6 +200,14 @@ def plan_run(
         "level": _level_state(spec, 0, key, len(manifest), 1),
         "totals": {c: 0 for c in COUNTERS} | {"attempt_calls": 0},
     }
+
+
+def root_manifest(spec: SourceSpec, pieces: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Level 0's Map items: one batch with the one empty parent, or one per slice when level 0 is windowed."""
+    if spec.window_level != 0 or len(pieces) <= 1:
+        return [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
+    return [{"batch_id": f"root-{n:04d}", "sk": batch_sk(0, f"root-{n:04d}"), "parents": [{}], "window": piece}
+            for n, piece in enumerate(pieces)]
 
 
 def _level_state(spec: SourceSpec, index: int, manifest_key: str, batches: int, parents: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from harvester import paginate, storage
+from harvester import paginate, storage, window
 from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime, ssl_context
 from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
@@ -105,8 +105,9 @@ def lineage(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, An
     return out
 
 
-def child_batch_id(batch_id: str, part: int, chunk: int) -> str:
-    return hashlib.sha1(f"{batch_id}/{part}/{chunk}".encode()).hexdigest()[:16]
+def child_batch_id(batch_id: str, part: int, chunk: int, slice_no: int | None = None) -> str:
+    tail = "" if slice_no is None else f"/{slice_no}"
+    return hashlib.sha1(f"{batch_id}/{part}/{chunk}{tail}".encode()).hexdigest()[:16]
 
 
 def template_context(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, dict[str, Any]]:
@@ -171,6 +172,10 @@ class _Batch:
         self.level_index, self.level = level_index, spec.levels[level_index]
         self.is_leaf = level_index == len(spec.levels) - 1
         self.batch_id, self.parents = batch["batch_id"], batch["parents"]
+        # {window.start}/{window.end}: the batch's slice of the run's window, or the whole window
+        wl = spec.window_level
+        self.window = window.context(None if wl is None else spec.levels[wl].window, batch.get("window") or run.get("window"))
+        self.slices = run.get("slices") if wl == level_index + 1 else None  # the next level's Map items per slice
         self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
         self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
         ck = self.ck
@@ -264,8 +269,8 @@ class _Batch:
         resume = self.resume_at.get(key)
         start = paginate.PageRequest(**resume["next"]) if resume else None
         st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start)
-        pages = self.fetcher.pages(self.level, template_context(parent, self.spec), start=start,
-                                   fetched_before=st.stored)
+        ctx = template_context(parent, self.spec) | ({"window": self.window} if self.window else {})
+        pages = self.fetcher.pages(self.level, ctx, start=start, fetched_before=st.stored)
         while True:
             try:
                 page, nxt = await anext(pages)
@@ -396,8 +401,10 @@ class _Batch:
         size = self.spec.batch_size(self.level_index + 1)
         items = []
         for chunk, start in enumerate(range(0, len(kids), size)):
-            cid = child_batch_id(self.batch_id, part, chunk)
-            items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid), "parents": kids[start:start + size]})
+            for n, piece in enumerate(self.slices or [None]):  # a sliced window: an item per parents and slice
+                cid = child_batch_id(self.batch_id, part, chunk, None if piece is None else n)
+                items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid),
+                              "parents": kids[start:start + size], **({"window": piece} if piece else {})})
         return items
 
     # --- the end of the invocation ------------------------------------------------------------------------------
