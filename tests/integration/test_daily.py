@@ -103,3 +103,51 @@ def test_three_daily_runs_fetch_only_their_windows_and_an_interrupted_day_is_res
     assert set(raw) == vendor.data.point_keys() and len(raw) == len(set(raw)) + 2 * 2 * groups
     # ... and the lake counts each point once
     assert lake_point_count(engine, spec.name) == vendor.data.counts()["points"] == 72 * groups
+
+
+def test_a_backfill_of_30_daily_slices_runs_under_the_limit_resumes_a_failed_slice_alone_and_keeps_the_bookmark(
+    vendor_factory, engine, tmp_path
+):
+    vendor = vendor_factory(**{**VENDOR, "troops": 1, "rate": 20, "burst": 5})
+    start = vendor.data.config.start
+    groups = vendor.data.ids("datagroups")
+    levels = windowed_levels({**WINDOW, "initial_start": "2026-01-31T00:00:00Z", "format": "epoch_s"})
+    levels[-1]["pagination"]["size"] = 30  # a day's 24 points: one call per datagroup and slice
+    levels[-1]["batch_size"] = 2
+    spec = engine.add(write_spec(tmp_path, vendor, levels, name="backfill",
+                                 rate_limit={"requests_per_second": 20, "burst": 5}))
+    vendor.set_clock(start + timedelta(days=31))
+    desc = engine.run({"source": spec.name, "run_id": "daily", "as_of": "2026-02-01T00:00:00Z"}, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    mark = engine.ledger.get_bookmark(spec.name)
+
+    # January in daily slices: a Map item per (2 datagroups, slice); one datagroup fails everywhere
+    victim = groups[0]
+    vendor.set_faults(FaultConfig.of(FaultRule("not_found", paths=["/v1/datagroups/*/points"], ids=[victim])))
+    vendor.reset_stats()
+    desc = engine.run({"source": spec.name, "run_id": "jan",
+                       "window": {"start": "2026-01-01", "end": "2026-01-31T00:00:00Z", "step": "P1D"}}, timeout=600)
+    assert desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete", desc
+    run = engine.ledger.get_run(spec.name, "jan")
+    assert run["window"]["kind"] == "backfill" and run["window"]["step"] == "P1D"
+    assert run["levels"]["points"]["batches"] == 30 * len(groups) // 2
+    assert run["levels"]["points"]["failed_batches"] == 30
+    stats = vendor.stats()
+    assert stats.seconds_over() == 0 and stats.refused == 0 and stats.max_in_flight >= 2  # parallel, under the limit
+
+    # the resume makes only the failed slices' calls: the victim's 30 days, one call each
+    vendor.clear_faults()
+    before = point_calls(vendor)
+    desc = engine.run({"source": spec.name, "resume": "jan"}, timeout=600)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    assert point_calls(vendor) - before == 30
+    # a backfill never moves the daily bookmark
+    assert engine.ledger.get_bookmark(spec.name) == mark
+
+    # the lake: every point of January plus the daily run's day, once
+    assert set(raw_points(engine, spec.name)) == vendor.data.point_keys()
+    assert lake_point_count(engine, spec.name) == vendor.data.counts()["points"] == 31 * 24 * len(groups)
+    paths = download_lake(engine, spec.name, tmp_path / "lake")
+    con = connect()
+    assert con.execute(f"SELECT count(*), count(DISTINCT (_lineage__datagroups, ts)) FROM {table(paths, 'points')}"
+                       ).fetchone() == (31 * 24 * len(groups),) * 2
