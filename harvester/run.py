@@ -75,11 +75,11 @@ def parse_input(raw: Any) -> RunInput:
     return parsed
 
 
-def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str, ledger: Ledger,
-                prior: dict[str, Any] | None) -> dict[str, Any]:
+def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
+                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger], dict[str, Any]]:
     """The run's window: a resume keeps the one its run item recorded; a backfill takes the input's (and never
-    touches the bookmark); a daily run of a windowed spec takes the next one from the ledger's bookmark (last:
-    everything else is checked by then, so a refused run takes no window)."""
+    touches the bookmark); a daily run of a windowed spec gets a function that takes the next window from the
+    ledger's bookmark, called last (a refused run takes no window). Checks everything before anything is written."""
     if prior is not None:
         return {**windows.NONE, **(prior.get("window") or {})}
     wl = spec.window_level
@@ -88,10 +88,14 @@ def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str, l
             raise InputError(f"source {spec.name!r} declares no window: a backfill needs a level with window:")
         step = req.window.step or spec.levels[wl].window.step
         try:
-            return windows.backfill_window(req.window.start, req.window.end, step)
+            window = windows.backfill_window(req.window.start, req.window.end, step)
+            windows.slices(window)  # at most MAX_SLICES
         except windows.WindowError as exc:
             raise InputError(f"window: {exc}") from None
+        return window
     if wl is None:
+        if req.as_of:
+            raise InputError(f"as_of: source {spec.name!r} declares no window")
         return dict(windows.NONE)
     started = windows.parse_time(start_time)
     try:
@@ -102,7 +106,7 @@ def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str, l
         raise InputError(f"as_of {req.as_of} is later than the execution's start ({start_time}): a window "
                          "cannot end in the future")
     wspec = spec.levels[wl].window
-    return ledger.claim_window(spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
+    return lambda ledger: ledger.claim_window(spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
 
 
 def default_run_id(start_time: str, execution_name: str) -> str:
@@ -168,8 +172,10 @@ def plan_run(
             raise InputError(f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}')
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    window = plan_window(req, spec, run_id, start_time, prior)
     store.put_json(storage.spec_key(spec.name, run_id), spec.model_dump(mode="json"))
-    window = plan_window(req, spec, run_id, start_time, ledger, prior)
+    if callable(window):
+        window = window(ledger)  # the last check passed: take the next daily window
     pieces = windows.slices(window)
     run = {
         "source": spec.name,
