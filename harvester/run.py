@@ -76,7 +76,7 @@ def parse_input(raw: Any) -> RunInput:
 
 
 def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
-                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger], dict[str, Any]]:
+                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger, storage.Store], dict[str, Any]]:
     """The run's window: a resume keeps the one its run item recorded; a backfill takes the input's (and never
     touches the bookmark); a daily run of a windowed spec gets a function that takes the next window from the
     ledger's bookmark, called last (a refused run takes no window). Checks everything before anything is written."""
@@ -106,7 +106,25 @@ def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
         raise InputError(f"as_of {req.as_of} is later than the execution's start ({start_time}): a window "
                          "cannot end in the future")
     wspec = spec.levels[wl].window
-    return lambda ledger: ledger.claim_window(spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
+    if wspec.cursor:
+        return lambda ledger, store: cursor_state(spec, wl, run_id, now, ledger, store)
+    return lambda ledger, store: ledger.claim_window(
+        spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
+
+
+def cursor_state(spec: SourceSpec, level: int, run_id: str, now: datetime, ledger: Ledger,
+                 store: storage.Store) -> dict[str, Any]:
+    """The cursor variant: each parent's largest cursor value from the last run of the source that succeeded
+    (its batch items of the windowed level carry them; a parent it did not fetch keeps an older one, since every
+    batch carries the cursors it was given forward), written for this run's workers."""
+    last = next((r for r in ledger.list_runs(spec.name, limit=50)
+                 if r.get("status") == "SUCCEEDED" and (r.get("window") or {}).get("kind") == "cursor"), None)
+    cursors: dict[str, Any] = {}
+    if last is not None:
+        for item in ledger.iter_batches(spec.name, last["run_id"], level):
+            cursors.update(item.get("cursors") or {})
+    store.put_json(storage.cursors_key(spec.name, run_id), cursors)
+    return windows.cursor_window(spec.levels[level].window, now)
 
 
 def default_run_id(start_time: str, execution_name: str) -> str:
@@ -175,7 +193,7 @@ def plan_run(
     window = plan_window(req, spec, run_id, start_time, prior)
     store.put_json(storage.spec_key(spec.name, run_id), spec.model_dump(mode="json"))
     if callable(window):
-        window = window(ledger)  # the last check passed: take the next daily window
+        window = window(ledger, store)  # the last check passed: take the next daily window
     pieces = windows.slices(window)
     run = {
         "source": spec.name,
@@ -196,6 +214,8 @@ def plan_run(
         "window_pk": window_pk(spec.name),
         "window_end_epoch": str(int(windows.parse_time(window["end"]).timestamp())) if window["end"] else "0",
     }
+    if window["kind"] == "cursor":
+        run["cursor_key"] = storage.cursors_key(spec.name, run_id)
     if len(pieces) > 1:
         run["slices"] = pieces  # Map items per batch of parents and slice at the windowed level
     manifest = root_manifest(spec, pieces)

@@ -178,6 +178,9 @@ class Level(_Model):
         if isinstance(data, dict) and isinstance(data.get("window"), dict):
             window = data["window"]
             added = {window[k]: f"{{window.{k[:-6]}}}" for k in ("start_param", "end_param") if window.get(k)}
+            cursor = window.get("cursor")
+            if isinstance(cursor, dict) and cursor.get("param"):
+                added[cursor["param"]] = "{window.since}"
             data = {**data, "params": {**(data.get("params") or {}), **added}}
         return data
 
@@ -261,6 +264,9 @@ class SourceSpec(_Model):
     @model_validator(mode="after")
     def _templates_refer_to_ancestors(self) -> "SourceSpec":
         windowed = [i for i, level in enumerate(self.levels) if level.window is not None]
+        for i in windowed:
+            if self.levels[i].window.cursor and i != len(self.levels) - 1:
+                raise ValueError(f"levels[{i}].window.cursor: a cursor window is for the last level")
         if len(windowed) > 1:
             raise ValueError(f"levels[{windowed[1]}].window: only one level may declare a window "
                              f"(levels[{windowed[0]}] does)")
@@ -277,8 +283,10 @@ class SourceSpec(_Model):
                 except TemplateError as exc:
                     raise ValueError(f"levels[{i}].{where}: {exc}") from None
                 for ref_level, _field in refs:
-                    if ref_level == "window" and windowed and _field not in ("start", "end"):
-                        raise ValueError(f"levels[{i}].{where}: {{window.{_field}}}: a window has start and end")
+                    has_cursor = any(self.levels[w].window.cursor for w in windowed)
+                    if ref_level == "window" and windowed and _field not in ("start", "end") + ("since",) * has_cursor:
+                        raise ValueError(f"levels[{i}].{where}: {{window.{_field}}}: a window has start, end "
+                                         "(and since, with a cursor)")
                     if ref_level not in seen:
                         ancestors = [n for lv in self.levels[:i] for n in lv.names] + (["window"] if windowed else [])
                         raise ValueError(

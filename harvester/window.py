@@ -54,10 +54,20 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class CursorSpec(BaseModel):
+    """The cursor variant: the largest `field` seen per parent in the last successful run, sent back as `param`
+    (`since`-style: the vendor returns what is newer). A parent seen for the first time gets `initial_start`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    field: str
+    param: str | None = None  # query parameter set to {window.since}
+
+
 class WindowSpec(BaseModel):
     """A level's incremental window (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    cursor: CursorSpec | None = None
     start_param: str | None = None  # query parameter set to {window.start} (none: use the template yourself)
     end_param: str | None = None
     format: Literal["iso", "epoch_s", "epoch_ms", "date"] = "iso"
@@ -93,7 +103,7 @@ class WindowSpec(BaseModel):
         return v
 
     def params(self) -> dict[str, str]:
-        out = {}
+        out = {self.cursor.param: "{window.since}"} if self.cursor and self.cursor.param else {}
         if self.start_param:
             out[self.start_param] = "{window.start}"
         if self.end_param:
@@ -158,4 +168,38 @@ def context(spec: WindowSpec | None, window: dict[str, Any] | None) -> dict[str,
     """What `{window.start}` / `{window.end}` render to for a batch (its slice, or the run's window)."""
     if spec is None or not window or not window.get("start"):
         return None
-    return {"start": spec.render(window["start"]), "end": spec.render(window["end"])}
+    out = {"start": spec.render(window["start"]), "end": spec.render(window["end"])}
+    if spec.cursor:
+        out["since"] = spec.render(spec.initial_start)  # a parent without a cursor yet
+    return out
+
+
+def cursor_window(spec: WindowSpec, now: datetime) -> dict[str, Any]:
+    """The cursor variant's run window: from the initial start to now (each parent's cursor narrows it)."""
+    end = max(parse_time(spec.initial_start), (now - parse_duration(spec.settle)).replace(microsecond=0))
+    return {"kind": "cursor", "start": spec.initial_start, "end": iso(end), "new_start": "", "step": ""}
+
+
+def newer(a: Any, b: Any) -> Any:
+    """The larger of two cursor values (None: absent); values of different types compare as text."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    try:
+        return a if a >= b else b
+    except TypeError:
+        return a if str(a) >= str(b) else b
+
+
+def highest(records: list[Any], field: str, current: Any) -> Any:
+    """The largest value of `field` (a dotted path) in a page of records, or `current` when larger."""
+    from harvester.template import lookup
+
+    for record in records:
+        if isinstance(record, dict):
+            try:
+                current = newer(current, lookup(record, field))
+            except KeyError:
+                continue
+    return current

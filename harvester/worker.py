@@ -176,6 +176,9 @@ class _Batch:
         wl = spec.window_level
         self.window = window.context(None if wl is None else spec.levels[wl].window, batch.get("window") or run.get("window"))
         self.slices = run.get("slices") if wl == level_index + 1 else None  # the next level's Map items per slice
+        # the cursor variant: each parent's largest cursor field so far, sent back as {window.since}
+        self.cursor = spec.levels[wl].window.cursor if wl == level_index and self.window else None
+        self.cursors = store.get_json(run["cursor_key"], default={}) if self.cursor and run.get("cursor_key") else {}
         self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
         self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
         ck = self.ck
@@ -270,6 +273,11 @@ class _Batch:
         start = paginate.PageRequest(**resume["next"]) if resume else None
         st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start)
         ctx = template_context(parent, self.spec) | ({"window": self.window} if self.window else {})
+        if self.cursor:
+            seen = self.ck.setdefault("cursors", {})
+            seen[key] = window.newer(seen.get(key), self.cursors.get(key))
+            if self.cursors.get(key) is not None:
+                ctx["window"] = {**self.window, "since": str(self.cursors[key])}
         pages = self.fetcher.pages(self.level, ctx, start=start, fetched_before=st.stored)
         while True:
             try:
@@ -294,6 +302,8 @@ class _Batch:
                 return
             st.add(page, kids, nxt)
             self.buffered += len(page)
+            if self.cursor:
+                self.ck["cursors"][key] = window.highest(page, self.cursor.field, self.ck["cursors"].get(key))
             if self.flush_due():  # outside the try: a failed write is the invocation's failure, not the parent's
                 await self.flush()
 
@@ -424,6 +434,7 @@ class _Batch:
             "token_wait_seconds": ck["token_wait_seconds"], "limiter_writes": ck["limiter_writes"],
             "tokens_expired": ck["tokens_expired"], "current_rate": self.limiter.stats().get("current_rate"),
             "seconds": round(time.monotonic() - started, 3),
+            **({"cursors": ck.get("cursors", {})} if self.cursor else {}),
         }
         self.ledger.put_failures(self.source, self.run_id, self.level_index, self.batch_id, current_failures, self.ttl)
         if current_failures:

@@ -151,3 +151,31 @@ def test_a_backfill_of_30_daily_slices_runs_under_the_limit_resumes_a_failed_sli
     con = connect()
     assert con.execute(f"SELECT count(*), count(DISTINCT (_lineage__datagroups, ts)) FROM {table(paths, 'points')}"
                        ).fetchone() == (31 * 24 * len(groups),) * 2
+
+
+def test_the_cursor_variant_sends_each_parent_its_largest_value_from_the_last_successful_run(
+    vendor_factory, engine, tmp_path
+):
+    vendor = vendor_factory(**{**VENDOR, "troops": 1})
+    groups = vendor.data.ids("datagroups")
+    start = vendor.data.config.start
+    window = {"cursor": {"field": "ts", "param": "since"}, "initial_start": "2025-12-31T23:00:00Z"}
+    spec = engine.add(write_spec(tmp_path, vendor, windowed_levels(window), name="cursor"))
+    vendor.set_clock(start + timedelta(days=1))
+    assert engine.run({"source": spec.name, "run_id": "c1"}, timeout=300)["status"] == "SUCCEEDED"
+    # day 2, one datagroup fails: the run is incomplete and the next run starts from c1's cursors, not c2's
+    vendor.set_clock(start + timedelta(days=2))
+    vendor.set_faults(FaultConfig.of(FaultRule("not_found", paths=["/v1/datagroups/*/points"], ids=[groups[0]])))
+    assert engine.run({"source": spec.name, "run_id": "c2"}, timeout=300)["status"] == "FAILED"
+    vendor.clear_faults()
+    vendor.set_clock(start + timedelta(days=3))
+    before = point_calls(vendor)
+    desc = engine.run({"source": spec.name, "run_id": "c3"}, timeout=300)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    # every datagroup asks since its last point of day 1: two days of points, 48 each = 5 pages of 10
+    assert point_calls(vendor) - before == len(groups) * math.ceil(48 / PAGE)
+    item = next(engine.ledger.iter_batches(spec.name, "c3", 3))
+    assert set(item["cursors"].values()) == {"2026-01-03T23:00:00Z"}
+    raw = raw_points(engine, spec.name)
+    assert set(raw) == vendor.data.point_keys()
+    assert lake_point_count(engine, spec.name) == vendor.data.counts()["points"] == 72 * len(groups)

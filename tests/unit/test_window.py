@@ -81,6 +81,15 @@ def spec_with(window: dict | None, **points) -> dict:
         {"name": "points", "path": "/groups/{group.id}/points", **({"window": window} if window else {}), **points}]}
 
 
+def test_a_cursor_window_sends_since_and_belongs_to_the_last_level():
+    spec = parse_spec(spec_with({**W, "cursor": {"field": "meta.ts", "param": "since"}}))
+    assert spec.levels[1].params == {"since": "{window.since}"}
+    data = spec_with(None)
+    data["levels"][0]["window"] = {**W, "cursor": {"field": "ts"}}
+    with pytest.raises(SpecError, match="a cursor window is for the last level"):
+        parse_spec(data)
+
+
 def test_the_spec_turns_window_params_into_templates_usable_anywhere():
     spec = parse_spec(spec_with({**W, "start_param": "from", "end_param": "to", "format": "epoch_ms"}))
     assert spec.window_level == 1 and spec.levels[1].params == {"from": "{window.start}", "to": "{window.end}"}
@@ -93,7 +102,8 @@ def test_the_spec_turns_window_params_into_templates_usable_anywhere():
 
 @pytest.mark.parametrize("data, words", [
     (spec_with(None, params={"from": "{window.start}"}), "{window.start} does not name an ancestor level"),
-    (spec_with({**W}, params={"from": "{window.middle}"}), "a window has start and end"),
+    (spec_with({**W}, params={"from": "{window.middle}"}), "a window has start, end"),
+    (spec_with({**W}, params={"from": "{window.since}"}), "(and since, with a cursor)"),
     (spec_with({**W, "lookback": "two hours"}), "not a duration"),
     (spec_with({**W, "offset": "CET"}), "not Z or +HH:MM"),
     (spec_with({**W, "step": "PT0S"}), "must be longer than 0"),
@@ -158,3 +168,12 @@ def test_plan_refuses_a_bad_window_input_before_writing_or_claiming_anything(led
                  store=store, ledger=led, check_url=lambda url: None)
     assert words in str(info.value)
     assert store.list_keys("") == [] and led.get_bookmark("win") is None
+
+
+def test_the_highest_cursor_value_of_a_page():
+    from harvester.window import highest
+
+    page = [{"meta": {"ts": 5}}, {"meta": {"ts": 9}}, {"other": 1}, "not a record", {"meta": {"ts": None}}]
+    assert highest(page, "meta.ts", None) == 9 and highest(page, "meta.ts", 12) == 12
+    assert highest([{"ts": "2026-01-02T00:00:00Z"}, {"ts": "2026-01-01T23:00:00Z"}], "ts", None) == "2026-01-02T00:00:00Z"
+    assert highest([], "ts", "x") == "x"
