@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 #: at most this many slices in one run: every slice is a Map item per batch of parents, and the slice list rides
 #: in the run state (Step Functions' 256 KiB payload limit)
