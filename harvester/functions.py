@@ -34,13 +34,20 @@ class FunctionAccess:
     s3_read: tuple[str, ...] = ()
     s3_write: tuple[str, ...] = ()
     s3_delete: tuple[str, ...] = ()
+    s3_list: tuple[str, ...] = ()  # prefixes it only lists (no object access)
     ledger: bool = True
     ledger_read_only: bool = False
     secrets: bool = False
 
     @property
-    def prefixes(self) -> list[str]:
+    def object_prefixes(self) -> list[str]:
+        """Prefixes it has object actions on."""
         return sorted({*self.s3_read, *self.s3_write, *self.s3_delete})
+
+    @property
+    def prefixes(self) -> list[str]:
+        """Prefixes it may list (s3:ListBucket): every prefix it touches, and the ones it only lists."""
+        return sorted({*self.object_prefixes, *self.s3_list})
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,10 @@ class FunctionDef:
 #: every function a workflow may call; a workflow's `${NameFunctionArn}` placeholder creates function `name`.
 #: Adding a function is one line here (plus its handler module and requirements file).
 FUNCTION_CATALOG: dict[str, FunctionDef] = {
-    # plan checks the source's credential before anything is written (harvester.run.plan_run): it reads the secret
-    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",), secrets=True),
+    # plan checks the source's credential before anything is written (harvester.run.plan_run): it reads the secret;
+    # a resume lists the run's raw objects to reopen batches whose output is gone
+    "plan": FunctionDef("lambdas.plan.handler", FunctionAccess(s3_read=("runs/",), s3_write=("runs/",), s3_list=("raw/",),
+                                                               secrets=True),
                         memory_mb=512, timeout_s=120, requirements="plan.txt"),
     "fetch": FunctionDef("lambdas.fetch.handler",
                          FunctionAccess(s3_read=("runs/",), s3_write=("runs/", "raw/"), secrets=True),

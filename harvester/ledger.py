@@ -179,6 +179,25 @@ class Ledger:
         }
         self.table.put_item(Item=_dynamo(item))
 
+    def reopen_batch(self, source: str, run_id: str, level: int, batch_id: str, reason: str) -> None:
+        """A finished batch whose output is gone: no longer SUCCEEDED, so a resume fetches it again."""
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: batch_sk(level, batch_id)},
+            UpdateExpression="SET #status = :reopened, reopened_because = :why",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":reopened": "REOPENED", ":why": reason[:500]},
+        )
+
+    def note_run(self, source: str, run_id: str, fields: dict[str, Any]) -> None:
+        """Set a few informative attributes on the run item."""
+        item = _dynamo(fields)
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in item),
+            ExpressionAttributeNames={f"#{k}": k for k in item},
+            ExpressionAttributeValues={f":{k}": v for k, v in item.items()},
+        )
+
     def put_progress(self, source: str, run_id: str, level: int, batch_id: str, fields: dict[str, Any], ttl: int) -> bool:
         """A running batch's figures so far (status RUNNING, ``last_attempt`` the run attempt it belongs to), so
         the ledger shows a long batch moving. Never overwrites the end of the same attempt: a progress write that

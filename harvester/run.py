@@ -184,6 +184,7 @@ def plan_run(
                 "wait for it to end (or stop it) first"
             )
         run_id, attempt = req.resume, int(prior.get("attempt", 1)) + 1
+        reopened = reopen_batches_missing_output(spec, run_id, store=store, ledger=ledger)
     else:
         run_id = req.run_id or default_run_id(start_time, execution_name)
         if ledger.get_run(spec.name, run_id) is not None:
@@ -234,6 +235,36 @@ def root_manifest(spec: SourceSpec, pieces: list[dict[str, str]]) -> list[dict[s
         return [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
     return [{"batch_id": f"root-{n:04d}", "sk": batch_sk(0, f"root-{n:04d}"), "parents": [{}], "window": piece}
             for n, piece in enumerate(pieces)]
+
+
+def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: storage.Store, ledger: Ledger) -> int:
+    """A resume trusts a finished batch only if every raw part it wrote is still there. A batch with a part gone
+    (deleted by hand, lost with a disk) is reopened: its ledger item no longer says SUCCEEDED and its checkpoint
+    starts over, so the resume fetches it again and rewrites the same keys. One listing per level. Returns the
+    number of batches reopened (also noted on the run item as `reopened_batches`)."""
+    reopened = 0
+    for index, level in enumerate(spec.levels):
+        present: set[str] | None = None
+        for item in ledger.iter_batches(spec.name, run_id, index):
+            parts = int(item.get("parts") or 0)
+            if item.get("status") != "SUCCEEDED" or not parts:
+                continue
+            if present is None:
+                present = set(store.list_keys(storage.raw_prefix(spec.name, run_id, level.name)))
+            wanted = [storage.raw_key(spec.name, run_id, level.name, item["batch_id"], p) for p in range(parts)]
+            missing = [k for k in wanted if k not in present]
+            if not missing:
+                continue
+            ck_key = storage.checkpoint_key(spec.name, run_id, index, item["batch_id"])
+            checkpoint = store.get_json(ck_key, default=None) or {}
+            # counters of earlier attempts stay; what was done is forgotten: the batch is fetched from its start
+            store.put_json(ck_key, {k: v for k, v in checkpoint.items()
+                                    if k not in ("done", "partial", "parts", "records", "children", "failed", "bytes")})
+            ledger.reopen_batch(spec.name, run_id, index, item["batch_id"], f"raw objects missing: {missing[:3]}")
+            reopened += 1
+    if reopened:
+        ledger.note_run(spec.name, run_id, {"reopened_batches": reopened})
+    return reopened
 
 
 def _level_state(spec: SourceSpec, index: int, manifest_key: str, batches: int, parents: int) -> dict[str, Any]:

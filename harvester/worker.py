@@ -21,6 +21,7 @@ import asyncio
 import copy
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +43,12 @@ FLUSH_SECONDS = 60.0  # ... or once the oldest waiting record is this old (HARVE
 #: seconds kept for the last write of an invocation (a part of at most FLUSH_RECORDS records, the checkpoint,
 #: the ledger's failures and batch item): a few S3 and DynamoDB requests, well under a second as a rule
 WRITE_SECONDS = 5.0
+
+#: set when the invocation is asked to stop now (a local run's Ctrl-C, SIGTERM or --timeout: the sandbox's SIGTERM
+#: handler): the lanes are cancelled, the calls in flight abandoned (their pages are asked for again next time),
+#: and what was fetched is written with its checkpoint before the invocation ends as BatchIncomplete
+STOP = threading.Event()
+ACTIVE: list[str] = []  # the batches this process is harvesting now (what a stop request would interrupt)
 
 
 def reserve_seconds(spec: SourceSpec, write_seconds: float = WRITE_SECONDS) -> float:
@@ -253,18 +260,33 @@ class _Batch:
                     grow()
 
             progress = asyncio.create_task(self.report_progress())
+            stopper = asyncio.create_task(self.stop_when_asked())
             self.lanes.extend(asyncio.create_task(lane()) for _ in range(max(1, min(in_flight, len(self.todo)))))
             try:
                 while self.lanes and not all(task.done() for task in self.lanes):
                     await asyncio.gather(*self.lanes)
+            except asyncio.CancelledError:
+                if not STOP.is_set():
+                    raise
+                await asyncio.gather(*self.lanes, return_exceptions=True)  # stopped: what was fetched is written
             except BaseException:
                 for task in self.lanes:  # a write failed: stop fetching, the invocation fails as it is
                     task.cancel()
                 await asyncio.gather(*self.lanes, return_exceptions=True)
                 raise
             finally:
-                progress.cancel()
-                await asyncio.gather(progress, return_exceptions=True)
+                for task in (progress, stopper):
+                    task.cancel()
+                await asyncio.gather(progress, stopper, return_exceptions=True)
+
+    async def stop_when_asked(self) -> None:
+        """Cancel the lanes when STOP is set: every list keeps the pages it has and the request of the page in flight
+        as its next one, so the final flush's checkpoint continues it."""
+        while not STOP.is_set():
+            await asyncio.sleep(0.1)
+        self.out_of_time = True
+        for task in self.lanes:
+            task.cancel()
 
     async def walk(self, parent: dict[str, dict[str, Any]]) -> None:
         """Fetch one parent's list page by page (from where an earlier invocation cut it), flushing as due."""
@@ -483,6 +505,10 @@ async def harvest_batch(
     if existing and existing.get("status") == "SUCCEEDED":
         return {"batch_id": batch["batch_id"], "status": "SUCCEEDED", "skipped": True}
     job = _Batch(spec, run, level_index, batch, store=store, ledger=ledger, limiter=limiter)
-    await job.fetch(secret, started, time_budget, call_window, transport, workers)
+    ACTIVE.append(batch["batch_id"])
+    try:
+        await job.fetch(secret, started, time_budget, call_window, transport, workers)
+    finally:
+        ACTIVE.remove(batch["batch_id"])
     await job.flush(final=True)
     return job.finish(started)

@@ -496,7 +496,7 @@ class HarvesterStack(cdk.Stack):
         for name, fn in self.functions.items():
             policy = fn.role.node.find_child("DefaultPolicy").node.default_child
             ack(policy, "AwsSolutions-IAM5[Resource::*]", xray_reason)
-            for prefix in self.function_access[name].prefixes:
+            for prefix in self.function_access[name].object_prefixes:
                 ack(policy, f"AwsSolutions-IAM5[Resource::{objects(prefix)}]", prefix_reasons[prefix] + suffix)
             ack(fn.node.default_child, "AwsSolutions-L1",
                 "python3.12 is pinned on purpose: stacks/bundling.py installs cp312 wheels for it; a newer runtime is a "

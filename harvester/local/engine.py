@@ -210,7 +210,8 @@ class LocalEngine:
         if self.processes:
             from moto.server import ThreadedMotoServer
 
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+            # one line per request otherwise, and a traceback for every request a stopped worker leaves half-done
+            logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # shares mock_aws's state
             server.start()
             self._stack.callback(server.stop)

@@ -100,6 +100,8 @@ def summary_lines(run: dict[str, Any] | None, spec: SourceSpec, seconds: float, 
         f"total: {calls} calls ({calls / max(seconds, 1e-9):.1f}/s), {totals.get('records', 0)} records, "
         f"{totals.get('throttled', 0)} throttled (429), {totals.get('failures', 0)} failed calls"
     )
+    if run.get("reopened_batches"):
+        lines.append(f"{run['reopened_batches']} finished batches had raw objects missing: fetched again")
     lines.append(f"output: {output / storage.raw_prefix(run['source'], run['run_id'])}")
     if run.get("status") != "SUCCEEDED":
         lines.append(f"to fetch what is missing: harvest resume {run['run_id']} --local --state {output.parent}")

@@ -77,12 +77,25 @@ def _watch_engine(engine_pid: int, parent_pid: int) -> None:
             os._exit(1)
 
 
+def _stop_or_exit(signum, frame) -> None:
+    """SIGTERM from the engine (Ctrl-C, SIGTERM or --timeout of a local run): a fetch batch in progress writes
+    what it fetched and its checkpoint, then ends as BatchIncomplete (harvester.worker.STOP); any other function
+    has nothing to keep and exits at once, as the default action would."""
+    import sys  # noqa: PLC0415
+
+    worker = sys.modules.get("harvester.worker")
+    if worker is None or not worker.ACTIVE:
+        os._exit(128 + signum)
+    worker.STOP.set()
+
+
 def _init_worker(endpoint: str, engine_pid: int | None = None) -> None:
     import threading
 
     if engine_pid is not None:
         threading.Thread(target=_watch_engine, args=(engine_pid, os.getppid()), name="watch-engine",
                          daemon=True).start()
+    signal.signal(signal.SIGTERM, _stop_or_exit)
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     logging.getLogger("botocore").setLevel(logging.WARNING)
     # as in the engine's process: module-level Powertools objects warn about re-added dimensions when metrics are

@@ -223,7 +223,7 @@ def test_a_worker_killed_mid_batch_loses_at_most_its_last_flush_interval(tmp_pat
         def killer() -> None:
             while not killed and time.monotonic() < stop_at:
                 if vendor.stats().records.get("points", 0) >= total // 2:
-                    for pid in engine.dispatcher.pool.pids():
+                    for pid in engine.dispatcher.pool.pids("fetch"):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
                 time.sleep(0.005)

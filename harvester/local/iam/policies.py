@@ -222,7 +222,10 @@ def _deploy_settings() -> list[str]:
     import ast  # noqa: PLC0415
     import re  # noqa: PLC0415
 
-    tree = ast.parse((ROOT / "stacks" / "config.py").read_text(encoding="utf-8"))
+    config = ROOT / "stacks" / "config.py"
+    if not config.exists():
+        return []
+    tree = ast.parse(config.read_text(encoding="utf-8"))
     names = [node.target.id for cls in tree.body if isinstance(cls, ast.ClassDef) and cls.name == "HarvesterConfig"
              for node in cls.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
     env = ["HARVESTER_" + re.sub(r"(?<!^)(?=[A-Z])", "_", n).upper() for n in names if n != "extra"]
