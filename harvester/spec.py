@@ -288,10 +288,11 @@ class SourceSpec(_Model):
                         raise ValueError(f"levels[{i}].{where}: {{window.{_field}}}: a window has start, end "
                                          "(and since, with a cursor)")
                     if ref_level not in seen:
-                        ancestors = [n for lv in self.levels[:i] for n in lv.names] + (["window"] if windowed else [])
+                        ancestors = [n for lv in self.levels[:i] for n in lv.names]
                         raise ValueError(
                             f"levels[{i}].{where}: {{{ref_level}.{_field}}} does not name an ancestor level "
-                            f"(ancestors: {ancestors or 'none, this is the first level'})"
+                            f"(ancestors: {ancestors or 'none, this is the first level'}"
+                            + ("; the window: {window.start}, {window.end})" if windowed else ")")
                         )
             if i < len(self.levels) - 1 and not level.primary_key:
                 raise ValueError(

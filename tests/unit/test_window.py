@@ -102,6 +102,7 @@ def test_the_spec_turns_window_params_into_templates_usable_anywhere():
 
 @pytest.mark.parametrize("data, words", [
     (spec_with(None, params={"from": "{window.start}"}), "{window.start} does not name an ancestor level"),
+    (spec_with({**W}, params={"from": "{troop.id}"}), "(ancestors: ['groups', 'group']; the window: {window.start}"),
     (spec_with({**W}, params={"from": "{window.middle}"}), "a window has start, end"),
     (spec_with({**W}, params={"from": "{window.since}"}), "(and since, with a cursor)"),
     (spec_with({**W, "lookback": "two hours"}), "not a duration"),
