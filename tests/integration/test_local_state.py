@@ -99,7 +99,9 @@ def test_sigkill_at_twenty_points_then_resume_loses_nothing(vendor_factory, tmp_
     """SIGKILL of the CLI at 20 points of a run (starting up, loading the folder, mid-level, while writing):
     every kill takes the worker processes down with it, the next command resumes, the run ends with every record
     exactly once, and an earlier run in the same folder stays intact."""
-    vendor, spec_path = small_source(vendor_factory, tmp_path, latency_ms=20)
+    vendor = vendor_factory(troops=2, warriors_per_troop=3, datagroups_per_warrior=3, points_per_datagroup=300,
+                            latency_ms=20)
+    spec_path = write_spec(tmp_path, vendor, demo_levels(), max_concurrency=2)
     state = tmp_path / "state"
     first = harvest("run", "--local", str(spec_path), "--run-id", "before", "--state", str(state), "--processes", "2")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -107,28 +109,35 @@ def test_sigkill_at_twenty_points_then_resume_loses_nothing(vendor_factory, tmp_
 
     rng = random.Random(13)
     kills = 0
-    for attempt in range(40):
-        known = (state / "bucket" / "runs" / "e2e" / "target" / "spec.json").exists()
-        args = (["resume", "target"] if known else ["run", str(spec_path), "--run-id", "target"])
-        proc = start(*args, "--local", "--state", str(state), "--processes", "2")
-        calls_before = vendor.stats().requests
-        # a kill point: a moment of start-up (imports, loading the folder) or a number of vendor calls into the run
-        if rng.random() < 0.3:
-            time.sleep(rng.uniform(0.2, 2.5))
+    # a part and a checkpoint every 40 records, so a run killed every few calls still gets somewhere
+    os.environ["HARVESTER_FLUSH_RECORDS"] = "40"
+    try:
+        for attempt in range(80):
+            known = (state / "bucket" / "runs" / "e2e" / "target" / "spec.json").exists()
+            args = (["resume", "target"] if known else ["run", str(spec_path), "--run-id", "target"])
+            proc = start(*args, "--local", "--state", str(state), "--processes", "2")
+            calls_before = vendor.stats().requests
+            # a kill point: a moment of start-up (imports, loading the folder) or a few vendor calls into the run
+            # (the run needs ~170 calls: at most 15 an attempt makes 20 kill points whatever the machine's speed)
+            if kills < 20 and rng.random() < 0.3:
+                time.sleep(rng.uniform(0.2, 2.5))
+            else:
+                target, deadline = rng.randint(3, 15), time.monotonic() + 30
+                while (vendor.stats().requests - calls_before < target and proc.poll() is None
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
+            if proc.poll() is not None:  # the run finished before this kill point
+                assert proc.returncode == 0, proc.communicate()[1][-2000:]
+                break
+            below = descendants(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            kills += 1
+            assert not wait_gone(below, 5.0), "worker processes outlived the killed CLI"
         else:
-            target, deadline = rng.randint(1, 40), time.monotonic() + 30
-            while vendor.stats().requests - calls_before < target and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-        if proc.poll() is not None:  # the run finished before this kill point
-            assert proc.returncode == 0, proc.communicate()[1][-2000:]
-            break
-        below = descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-        kills += 1
-        assert not wait_gone(below, 5.0), "worker processes outlived the killed CLI"
-    else:
-        pytest.fail("the run never finished")
+            pytest.fail(f"the run never finished ({kills} kills)")
+    finally:
+        os.environ.pop("HARVESTER_FLUSH_RECORDS", None)
     assert kills >= 20, f"only {kills} kill points before the run finished: make the run longer"
     final = harvest("resume", "target", "--local", "--state", str(state))
     assert final.returncode == 0, final.stderr[-2000:]
