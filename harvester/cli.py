@@ -155,6 +155,19 @@ def cmd_run(args) -> int:
     return exit_code(desc)
 
 
+def cmd_backfill(args) -> int:
+    """A backfill: the spec's windowed level over [--from, --to), sliced by --step into Map items; the daily
+    bookmark is not moved."""
+    spec = load_spec(args.spec)
+    window = {"start": args.start, "end": args.end, **({"step": args.step} if args.step else {})}
+    execution_input: dict[str, Any] = {"source": spec.name, "window": window}
+    if args.run_id:
+        execution_input["run_id"] = args.run_id
+    run, desc, _ = execute(spec, Path(args.spec), execution_input, args.state, timeout=args.timeout,
+                           processes=args.processes, iam=not args.no_iam)
+    return exit_code(desc)
+
+
 def cmd_resume(args) -> int:
     if args.spec:
         spec, path = load_spec(args.spec), Path(args.spec)
@@ -412,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id", help="run id (default: start time + execution name)")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("backfill", help="harvest a past time range of a windowed spec, in slices (the daily bookmark stays)")
+    b.add_argument("--local", action="store_true", required=True, help="run on this machine (moto); the only mode so far")
+    b.add_argument("spec", help="path of the source spec (YAML; a level declares window:)")
+    b.add_argument("--from", dest="start", required=True, help="start of the range, inclusive (ISO-8601 or a date)")
+    b.add_argument("--to", dest="end", required=True, help="end of the range, exclusive (ISO-8601 or a date)")
+    b.add_argument("--step", help="slice length, e.g. P1D or PT6H (default: the window's step, else one slice)")
+    b.add_argument("--run-id", help="run id (default: start time + execution name)")
+    common(b)
+    b.set_defaults(func=cmd_backfill)
 
     s = sub.add_parser("resume", help="resume an earlier run: fetch only what it is missing")
     s.add_argument("run_id")

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harvester.template import TemplateError, references
+from harvester.window import WindowSpec
 
 
 class SpecError(ValueError):
@@ -237,10 +238,27 @@ class Level(_Model):
     batch_size: int | None = Field(None, gt=0, le=1000)
     time_field: str | None = None
     types: dict[str, str] = Field(default_factory=dict)
+<<<<<<< HEAD
     status: StatusRules = Field(default_factory=StatusRules)
     # a field whose presence (not null, not empty) in a 2xx body means the call failed (`{"data": [], "error": ..}`):
     # retried as transient, then a failed call naming the URL and the field's value
     error_path: str | None = None
+=======
+    window: WindowSpec | None = None  # an incremental window (harvester/window.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _window_params(cls, data: Any) -> Any:
+        """`window.start_param`/`end_param` become query parameters templated with `{window.start}`/`{window.end}`."""
+        if isinstance(data, dict) and isinstance(data.get("window"), dict):
+            window = data["window"]
+            added = {window[k]: f"{{window.{k[:-6]}}}" for k in ("start_param", "end_param") if window.get(k)}
+            cursor = window.get("cursor")
+            if isinstance(cursor, dict) and cursor.get("param"):
+                added[cursor["param"]] = "{window.since}"
+            data = {**data, "params": {**(data.get("params") or {}), **added}}
+        return data
+>>>>>>> wip-daily
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -325,11 +343,25 @@ class SourceSpec(_Model):
             raise ValueError(f"base_url must start with http:// or https:// and a host, got {v!r}")
         return v.rstrip("/")
 
+    @property
+    def window_level(self) -> int | None:
+        """The index of the level that declares `window:` (at most one does), else None."""
+        return next((i for i, level in enumerate(self.levels) if level.window is not None), None)
+
     @model_validator(mode="after")
     def _templates_refer_to_ancestors(self) -> "SourceSpec":
-        seen: dict[str, int] = {}
+        windowed = [i for i, level in enumerate(self.levels) if level.window is not None]
+        for i in windowed:
+            if self.levels[i].window.cursor and i != len(self.levels) - 1:
+                raise ValueError(f"levels[{i}].window.cursor: a cursor window is for the last level")
+        if len(windowed) > 1:
+            raise ValueError(f"levels[{windowed[1]}].window: only one level may declare a window "
+                             f"(levels[{windowed[0]}] does)")
+        seen: dict[str, int] = {"window": -1} if windowed else {}
         for i, level in enumerate(self.levels):
             for n in level.names:
+                if n == "window":
+                    raise ValueError(f"levels[{i}]: the name 'window' is reserved for {{window.start}}/{{window.end}}")
                 if n in seen:
                     raise ValueError(f"levels[{i}]: name {n!r} is already used by levels[{seen[n]}]")
             for where, text in [("path", level.path), *[(f"params.{k}", v) for k, v in level.params.items()]]:
@@ -338,11 +370,16 @@ class SourceSpec(_Model):
                 except TemplateError as exc:
                     raise ValueError(f"levels[{i}].{where}: {exc}") from None
                 for ref_level, _field in refs:
+                    has_cursor = any(self.levels[w].window.cursor for w in windowed)
+                    if ref_level == "window" and windowed and _field not in ("start", "end") + ("since",) * has_cursor:
+                        raise ValueError(f"levels[{i}].{where}: {{window.{_field}}}: a window has start, end "
+                                         "(and since, with a cursor)")
                     if ref_level not in seen:
                         ancestors = [n for lv in self.levels[:i] for n in lv.names]
                         raise ValueError(
                             f"levels[{i}].{where}: {{{ref_level}.{_field}}} does not name an ancestor level "
-                            f"(ancestors: {ancestors or 'none, this is the first level'})"
+                            f"(ancestors: {ancestors or 'none, this is the first level'}"
+                            + ("; the window: {window.start}, {window.end})" if windowed else ")")
                         )
             if i < len(self.levels) - 1 and not level.primary_key:
                 raise ValueError(

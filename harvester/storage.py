@@ -38,6 +38,11 @@ def children_key(source: str, run_id: str, level: int, batch_id: str, part: int)
     return f"{children_prefix(source, run_id, level)}{batch_id}-{part:03d}.json"
 
 
+def cursors_key(source: str, run_id: str) -> str:
+    """The cursor variant's per-parent cursors a run starts from (harvester/run.py cursor_state)."""
+    return f"runs/{source}/{run_id}/cursors.json"
+
+
 def checkpoint_key(source: str, run_id: str, level: int, batch_id: str) -> str:
     return f"{run_prefix(source, run_id)}/checkpoints/{level}/{batch_id}.json"
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from harvester import paginate, storage
+from harvester import paginate, storage, window
 from harvester.client import AuthFailed, CallFailed, Fetcher, LoopDetected, OutOfTime, ssl_context
 from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
@@ -114,8 +114,9 @@ def lineage(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, An
     return out
 
 
-def child_batch_id(batch_id: str, part: int, chunk: int) -> str:
-    return hashlib.sha1(f"{batch_id}/{part}/{chunk}".encode()).hexdigest()[:16]
+def child_batch_id(batch_id: str, part: int, chunk: int, slice_no: int | None = None) -> str:
+    tail = "" if slice_no is None else f"/{slice_no}"
+    return hashlib.sha1(f"{batch_id}/{part}/{chunk}{tail}".encode()).hexdigest()[:16]
 
 
 def template_context(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, dict[str, Any]]:
@@ -197,6 +198,13 @@ class _Batch:
         self.batch_id = batch["batch_id"]
         # a parent listed twice (offset drift in its parent's list) is one parent: fetched and counted once
         self.parents = list({parent_key(p, spec): p for p in batch["parents"]}.values())
+        # {window.start}/{window.end}: the batch's slice of the run's window, or the whole window
+        wl = spec.window_level
+        self.window = window.context(None if wl is None else spec.levels[wl].window, batch.get("window") or run.get("window"))
+        self.slices = run.get("slices") if wl == level_index + 1 else None  # the next level's Map items per slice
+        # the cursor variant: each parent's largest cursor field so far, sent back as {window.since}
+        self.cursor = spec.levels[wl].window.cursor if wl == level_index and self.window else None
+        self.cursors = store.get_json(run["cursor_key"], default={}) if self.cursor and run.get("cursor_key") else {}
         self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
         self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
         ck = self.ck
@@ -311,8 +319,13 @@ class _Batch:
         st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start,
                                      parts=list(resume.get("parts", [])) if resume else [],
                                      recent=[[], list(resume.get("recent_keys", []))] if resume else [[], []])
-        pages = self.fetcher.pages(self.level, template_context(parent, self.spec), start=start,
-                                   fetched_before=st.stored)
+        ctx = template_context(parent, self.spec) | ({"window": self.window} if self.window else {})
+        if self.cursor:
+            seen = self.ck.setdefault("cursors", {})
+            seen[key] = window.newer(seen.get(key), self.cursors.get(key))
+            if self.cursors.get(key) is not None:
+                ctx["window"] = {**self.window, "since": str(self.cursors[key])}
+        pages = self.fetcher.pages(self.level, ctx, start=start, fetched_before=st.stored)
         while True:
             try:
                 page, nxt = await anext(pages)
@@ -343,6 +356,8 @@ class _Batch:
             self.pages_ok += 1
             self.auth_streak = 0
             self.buffered += len(page)
+            if self.cursor:
+                self.ck["cursors"][key] = window.highest(page, self.cursor.field, self.ck["cursors"].get(key))
             if self.flush_due():  # outside the try: a failed write is the invocation's failure, not the parent's
                 await self.flush()
 
@@ -512,8 +527,10 @@ class _Batch:
         size = self.spec.batch_size(self.level_index + 1)
         items = []
         for chunk, start in enumerate(range(0, len(kids), size)):
-            cid = child_batch_id(self.batch_id, part, chunk)
-            items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid), "parents": kids[start:start + size]})
+            for n, piece in enumerate(self.slices or [None]):  # a sliced window: an item per parents and slice
+                cid = child_batch_id(self.batch_id, part, chunk, None if piece is None else n)
+                items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid),
+                              "parents": kids[start:start + size], **({"window": piece} if piece else {})})
         return items
 
     # --- the end of the invocation ------------------------------------------------------------------------------
@@ -534,6 +551,7 @@ class _Batch:
             "tokens_expired": ck["tokens_expired"], "current_rate": self.limiter.stats().get("current_rate"),
             "bad_records": ck.get("bad_records", 0), "duplicates": ck.get("duplicates", 0),
             "seconds": round(time.monotonic() - started, 3),
+            **({"cursors": ck.get("cursors", {})} if self.cursor else {}),
         }
         self.ledger.put_failures(self.source, self.run_id, self.level_index, self.batch_id, current_failures, self.ttl)
         if current_failures:

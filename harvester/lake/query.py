@@ -14,10 +14,11 @@ Query (a plain dict, JSON in the state machine):
  "ancestor_keys": {"warriors": "id"}}              # key column of an ancestor (default "_key": its primary key)
 ```
 
-* A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the warrior of the same
-  run whose ``_key`` (its primary key as text, written by the convert stage; files without it: ``id``) equals the
-  point's ``_lineage__warriors``. The worker first aggregates by
-  (lineage key, run), then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
+* A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the most recently fetched
+  copy of the warrior whose ``_key`` (its primary key as text, written by the convert stage; files without it:
+  ``id``) equals the point's ``_lineage__warriors`` (the lake keeps each record once, so an older run's copy may be
+  gone). The worker first aggregates by
+  lineage key, then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
 * Filters: ``= != < <= > >= in not_in is_null not_null``; SQL semantics (a null never matches a comparison).
 * Aggregates: ``count`` (rows, or non-null values of ``column``), ``sum``, ``min``, ``max``, ``mean``,
   ``share`` = (rows where column == equals) / (rows where column is not null), like
@@ -50,6 +51,7 @@ from .timeutil import iso, parse_instant, to_units
 AGG_OPS = {"count", "sum", "min", "max", "mean", "share"}
 FILTER_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null"}
 RUN = "_run_id"
+FETCHED = "_fetched_at"
 _MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "eqsum": "sum", "min": "min", "max": "max"}
 
 
@@ -172,9 +174,13 @@ def plan_query(
     max_task_files: int = 32,
     store: Store | None = None,
 ) -> dict:
+<<<<<<< HEAD
     """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run.
     With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their level
     first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
+=======
+    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; every file of each ancestor level."""
+>>>>>>> wip-daily
     q = normalize_query(query)
     if q["start"] is None and q["end"] is None:
         files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
@@ -182,10 +188,11 @@ def plan_query(
         files = index.lookup(q["source"], q["level"], q["start"], q["end"])
     keep = ("key", "rows", "bytes", "min_time", "max_time", "time_column", "run_id", "partition")
     files = [{k: f.get(k) for k in keep} for f in sorted(files, key=lambda f: f["key"])]
-    runs = sorted({f["run_id"] for f in files})
     ancestors = {}
     for level in _ancestor_levels(q):
-        ancestors[level] = sorted(f["key"] for f in index.files_for_run(q["source"], level) if f["run_id"] in runs)
+        # a record's ancestor is the latest copy of its key, whichever run fetched it (the lake keeps each
+        # record once: an older run's copy may be gone)
+        ancestors[level] = sorted(f["key"] for f in index.files_for_run(q["source"], level))
     tasks, cur, cur_bytes = [], [], 0
     for f in files:
         if cur and (cur_bytes + f["bytes"] > max_task_bytes or len(cur) >= max_task_files):
@@ -470,24 +477,28 @@ def _load_ancestor(store: Store, level: str, keys: list[str], key_field: str, co
             source_key = "id"
         elif key_field not in names:
             raise QueryError(f"level {level}: file {k} has no key column {key_field!r} (ancestor_keys)")
-        want = [c for c in dict.fromkeys([RUN, source_key] + columns) if c in names]
+        want = [c for c in dict.fromkeys([FETCHED, source_key] + columns) if c in names]
         t = pf.read(columns=want)
         if source_key != key_field:
             t = t.rename_columns([key_field if c == source_key else c for c in t.column_names])
-        for c in [key_field, RUN] + columns:
+        for c in [key_field] + columns:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        if FETCHED not in t.column_names:
+            t = t.append_column(FETCHED, pa.nulls(t.num_rows, pa.timestamp("us", tz="UTC")))
         tables.append(t)
     if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys([RUN, key_field] + columns)})
+        return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys([key_field] + columns)})
     t = _concat(tables)
-    # one row per (run, key): a key listed twice by the vendor must not double-count
-    rest = [c for c in columns if c not in (RUN, key_field)]
+    # one row per key, the most recently fetched copy: a key in several runs' files must not double-count
+    t = t.take(pc.sort_indices(t, sort_keys=[(FETCHED, "descending")]))
+    rest = [c for c in columns if c != key_field]
     if rest:
-        t = t.group_by([RUN, key_field], use_threads=False).aggregate([(c, "first") for c in rest])
-        t = t.rename_columns([RUN, key_field] + rest if t.column_names[:2] == [RUN, key_field] else rest + [RUN, key_field])
+        t = t.group_by([key_field], use_threads=False).aggregate([(c, "first") for c in rest])
+        t = t.rename_columns([c.removesuffix("_first") for c in t.column_names])
+        t = t.select([key_field] + rest)
     else:
-        t = t.group_by([RUN, key_field]).aggregate([]).select([RUN, key_field])
+        t = t.group_by([key_field]).aggregate([]).select([key_field])
     return t
 
 
@@ -504,7 +515,7 @@ def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | N
     own_keys = [g["column"] for g in q["group_by"] if not g["level"]]
     own_filters = [f for f in q["filters"] if not f["level"]]
     anc_filters = [f for f in q["filters"] if f["level"]]
-    link_keys = [lineage_column(lv) for lv in anc] + ([RUN] if anc else [])
+    link_keys = [lineage_column(lv) for lv in anc]
     first_keys = list(dict.fromkeys(own_keys + link_keys))
     columns = list(dict.fromkeys(first_keys + [f["column"] for f in own_filters] + [p["column"] for p in parts if p["column"]]))
     stats = {"files": 0, "bytes": 0, "row_groups": 0, "row_groups_read": 0, "rows_scanned": 0, "rows_matched": 0}
@@ -551,12 +562,12 @@ def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | N
                                       [f["column"] for f in anc_filters if f["level"] == level]))
             at = _load_ancestor(store, level, task.get("ancestors", {}).get(level, []), key_field, cols)
             lk = lineage_column(level)
-            akey, arun = f"__key_{level}", f"__run_{level}"
-            at = at.rename_columns([{RUN: arun, key_field: akey}.get(c, f"{level}.{c}") for c in at.column_names])
+            akey = f"__key_{level}"
+            at = at.rename_columns([akey if c == key_field else f"{level}.{c}" for c in at.column_names])
             # join on text keys: the lineage holds the key as the vendor wrote it, the ancestor column may be typed
             at = at.set_column(at.schema.get_field_index(akey), akey, _as_text(at[akey]))
             agg = agg.set_column(agg.schema.get_field_index(lk), lk, _as_text(agg[lk]))
-            agg = agg.join(at, keys=[lk, RUN], right_keys=[akey, arun], join_type="left outer", use_threads=True)
+            agg = agg.join(at, keys=[lk], right_keys=[akey], join_type="left outer", use_threads=True)
         if anc_filters:
             agg = agg.filter(_mask(agg, anc_filters))
         agg = _aggregate(agg, out_names, parts, merge=True)

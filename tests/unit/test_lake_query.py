@@ -69,7 +69,10 @@ def duckdb_answer(q: dict, paths: dict) -> list[list]:
     joins = []
     for lv in sorted({r["level"] for r in nq["group_by"] + nq["filters"] if r["level"]}):
         con.execute(f"CREATE VIEW {lv} AS SELECT * FROM read_parquet({paths[lv]!r}, union_by_name=true)")
-        joins.append(f"LEFT JOIN {lv} ON p._lineage__{lv} = {lv}.id AND p._run_id = {lv}._run_id")
+        # the lake keeps each record once: a row's ancestor is the latest fetched copy of its key
+        con.execute(f"CREATE VIEW {lv}_latest AS SELECT * FROM {lv} "
+                    f"QUALIFY row_number() OVER (PARTITION BY id ORDER BY _fetched_at DESC) = 1")
+        joins.append(f"LEFT JOIN {lv}_latest {lv} ON p._lineage__{lv} = {lv}.id")
 
     def ref(r):
         return f'{r["level"]}.{r["column"]}' if r["level"] else f'p.{r["column"]}'
@@ -219,7 +222,8 @@ def test_ancestor_columns_join_on_the_levels_primary_key():
                            **meta("issues", {"orgs": owner, "repos": f"{owner},{name}"})})
         write_raw(store, "gh", "r1", {"orgs": orgs, "repos": repos, "issues": issues})
         levels = {"orgs": {"primary_key": ["login"]}, "repos": {"primary_key": ["owner", "name"]},
-                  "issues": {"time_field": "created_at"}}
+                  # an issue's number is unique per repository (the lineage): several open in the same hour
+                  "issues": {"time_field": "created_at", "primary_key": ["number"]}}
         convert_run(store, index, source="gh", run_id="r1", levels=levels)
 
         by_org = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["orgs.login"],
