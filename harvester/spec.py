@@ -238,12 +238,10 @@ class Level(_Model):
     batch_size: int | None = Field(None, gt=0, le=1000)
     time_field: str | None = None
     types: dict[str, str] = Field(default_factory=dict)
-<<<<<<< HEAD
     status: StatusRules = Field(default_factory=StatusRules)
     # a field whose presence (not null, not empty) in a 2xx body means the call failed (`{"data": [], "error": ..}`):
     # retried as transient, then a failed call naming the URL and the field's value
     error_path: str | None = None
-=======
     window: WindowSpec | None = None  # an incremental window (harvester/window.py)
 
     @model_validator(mode="before")
@@ -258,7 +256,6 @@ class Level(_Model):
                 added[cursor["param"]] = "{window.since}"
             data = {**data, "params": {**(data.get("params") or {}), **added}}
         return data
->>>>>>> wip-daily
 
     @field_validator("primary_key", mode="before")
     @classmethod

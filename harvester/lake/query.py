@@ -174,13 +174,9 @@ def plan_query(
     max_task_files: int = 32,
     store: Store | None = None,
 ) -> dict:
-<<<<<<< HEAD
-    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run.
-    With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their level
-    first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
-=======
-    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; every file of each ancestor level."""
->>>>>>> wip-daily
+    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; every file of each ancestor
+    level. With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their
+    level first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
     q = normalize_query(query)
     if q["start"] is None and q["end"] is None:
         files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
