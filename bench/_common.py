@@ -41,7 +41,8 @@ class Vendor:
     """``python bench/_vendor_proc.py ...`` on a free port; stopped (SIGTERM to its own pid) on exit."""
 
     def __init__(self, *, troops: int, warriors: int, datagroups: int, points: int = 48,
-                 rate: float | None = None, burst: int = BURST, latency_ms: float = 0.0, seed: int = 42) -> None:
+                 rate: float | None = None, burst: int = BURST, latency_ms: float = 0.0, seed: int = 42,
+                 interval_seconds: int | None = None, variation: float | None = None) -> None:
         self.rate, self.burst, self.latency_ms = rate, burst, latency_ms
         self.data_args = dict(troops=troops, warriors=warriors, datagroups=datagroups, points=points, seed=seed)
         cmd = [sys.executable, str(BENCH / "_vendor_proc.py"), "--port", "0", "--api-key", API_KEY,
@@ -50,6 +51,10 @@ class Vendor:
                "--seed", str(seed), "--burst", str(burst), "--latency-ms", str(latency_ms)]
         if rate:
             cmd += ["--rate", str(rate)]
+        if interval_seconds:
+            cmd += ["--interval-seconds", str(interval_seconds)]
+        if variation is not None:
+            cmd += ["--variation", str(variation)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         line = self.proc.stdout.readline()
         if not line.startswith("vendor listening on "):
@@ -78,6 +83,10 @@ class Vendor:
 
     def counts(self) -> dict[str, int]:
         return self.http.get("/_admin/counts").json()
+
+    def set_clock(self, now: str | None) -> None:
+        """The vendor's clock (ISO-8601): only points before it exist (None: every point)."""
+        self.http.post("/_admin/clock", json={"now": now}).raise_for_status()
 
     def times(self, clear: bool = False, levels: bool = False) -> list[tuple]:
         """(arrival time, status) of every /v1 request; with ``levels``, (time, status, level)."""

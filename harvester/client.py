@@ -1,11 +1,18 @@
 """The HTTP side of a worker: one parent's list, page by page, with error classes and retries.
 
-Error classes (README, "When things fail"):
-- transient (429, 408, 5xx, timeouts, connection resets, a body that is not JSON, an empty page before the
-  announced total): retried here with capped exponential back-off and full jitter, within the time left;
-- permanent (404 and other 4xx, a JSON body without the records the spec points at): not retried, reported as
-  `CallFailed` with URL, status, reason and an excerpt;
-- fatal for the batch (401/403): `AuthFailed`, since every other call would fail the same way.
+Error classes (README, "When things fail"; a level's `status` block changes which status is which, see
+`spec.StatusRules`):
+- throttle (429, a 403/429 with `Retry-After` or `X-RateLimit-Remaining: 0`): waited out as told, the fleet slowed,
+  up to `retries.max_throttle_seconds` per call, then a failed call naming the URL;
+- transient (408, 5xx, timeouts, connection resets, a body that is not JSON, an empty page before the announced
+  total, a 2xx carrying the level's `error_path`): retried here with capped exponential back-off and full jitter;
+- empty (statuses a level names, e.g. GitHub's 410): the list ends, no records, no failure;
+- permanent (404, 410 and other 4xx, a JSON body without the records, a pagination loop): `CallFailed` with URL,
+  status, reason and an excerpt; the parent fails, its siblings go on;
+- auth (401/403): `AuthFailed`, as permanent; the worker stops the batch only when its first parents all fail so.
+
+The credential goes only to the spec's origin (`base_url`) and its `allowed_origins`: redirects are followed
+here, not by httpx (which keeps custom headers across origins), and a request elsewhere carries no credential.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import json
 import random
 import time
@@ -57,13 +65,25 @@ class CallFailed(Exception):
 
 
 class AuthFailed(CallFailed):
-    """401/403: the credential is wrong or lacks rights; stop the batch instead of failing every call."""
+    """401/403: the credential is wrong or lacks rights for this parent (the worker stops a batch whose first
+    parents all fail so)."""
+
+
+class LoopDetected(CallFailed):
+    """A list's pagination came back to a page already fetched (same URL and parameters, same cursor, same
+    content): the list is wrong as a whole, nothing of it is kept."""
+
+
+#: redirects followed per call (httpx's default is 20; a loop of them is a failed call naming the URL)
+MAX_REDIRECTS = 10
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, status: int | None = None, excerpt: str = "", retry_after: float | None = None):
+    def __init__(self, reason: str, status: int | None = None, excerpt: str = "", retry_after: float | None = None,
+                 throttle: bool = False):
         super().__init__(reason)
         self.reason, self.status, self.excerpt, self.retry_after = reason, status, excerpt, retry_after
+        self.throttle = throttle
 
 
 @dataclass
@@ -102,6 +122,24 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def throttle_wait(status: int, headers: httpx.Headers) -> tuple[bool, float | None]:
+    """(is it a throttle, seconds to wait) from the headers of a 403 or 429: `Retry-After`, or GitHub's
+    `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (epoch seconds). A 429 is always one."""
+    wait = retry_after_seconds(headers.get("retry-after"))
+    exhausted = headers.get("x-ratelimit-remaining", "").strip() == "0"
+    if wait is None and exhausted:
+        try:
+            wait = max(0.0, float(headers.get("x-ratelimit-reset", "")) - time.time())
+        except ValueError:
+            wait = None
+    return status == 429 or wait is not None or exhausted, wait
+
+
+def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    u = httpx.URL(str(url))
+    return u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme)
 
 
 def auth_parts(spec: SourceSpec, secret: str | None) -> tuple[dict[str, str], dict[str, str]]:
@@ -147,6 +185,7 @@ class Fetcher:
         self.rng = rng or random.Random()
         self.stats = CallStats()
         self.auth_headers, self.auth_params = auth_parts(spec, secret)
+        self.trusted = {origin(spec.base_url), *(origin(o) for o in spec.allowed_origins)}
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -190,28 +229,53 @@ class Fetcher:
         end). `OutOfTime` carries the request it could not make (`next_request`) so the list can continue."""
         request: paginate.PageRequest | None = start or self.first_url(level, context)
         before = fetched_before
+        seen_requests: dict[str, int] = {}  # request -> page number, content -> page number (this invocation's)
+        seen_pages: dict[str, int] = {}
         while request is not None:
+            number = request.number + 1
+            signature = _shown_url(request, hide=tuple(self.auth_params))
+            if signature in seen_requests:
+                raise LoopDetected(signature, None, f"pagination loop: page {number} asks for page "
+                                   f"{seen_requests[signature]} again (same URL and parameters)")
+            seen_requests[signature] = number
             try:
                 page, nxt = await self._page(level, request, before)
             except OutOfTime as exc:
                 exc.records, exc.next_request = [], request
                 raise
+            content = _digest(page) if page else None
+            if content is not None and content in seen_pages:
+                raise LoopDetected(signature, 200, f"pagination loop: page {number} has the records of page "
+                                   f"{seen_pages[content]} (the vendor ignores the page parameter?)")
+            if content is not None:
+                seen_pages[content] = number
             before += len(page)
             request = nxt
             yield page, nxt
 
     async def _page(self, level: Level, request: paginate.PageRequest, before: int):
-        attempt = 0
+        attempt = throttled = 0
+        throttled_for = 0.0
         while True:
             try:
                 return await self._try_page(level, request, before)
             except _Transient as exc:
                 attempt += 1
                 self.stats.count_error(exc.reason)
-                if exc.status == 429:
-                    # throttling is the vendor pacing us, not a fault: the limiter slows the whole fleet and
-                    # we wait as told; only the time budget bounds it
-                    wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                if exc.throttle:
+                    # throttling is the vendor pacing us, not a fault: the limiter slows the whole fleet and we
+                    # wait as told, up to max_throttle_seconds for this call (a vendor that never lets us in must
+                    # end in a failed call naming the URL, not in attempts that each wait out the Lambda)
+                    throttled += 1
+                    wait = exc.retry_after if exc.retry_after is not None else self._backoff(throttled)
+                    limit = self.spec.retries.max_throttle_seconds
+                    if throttled_for + wait > limit:
+                        raise CallFailed(
+                            _shown_url(request, hide=tuple(self.auth_params)), exc.status,
+                            f"throttled {throttled} times over {throttled_for:.0f} s (next wait {wait:.0f} s, "
+                            f"retries.max_throttle_seconds {limit:g}): {exc.reason}", exc.excerpt, attempt) from None
+                    throttled_for += wait
+                    attempt -= 1  # a throttle is not a failed attempt
                 else:
                     if attempt >= self.spec.retries.max_attempts:
                         raise CallFailed(
@@ -239,6 +303,46 @@ class Fetcher:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody else reads its outcome
         await asyncio.wait_for(asyncio.shield(task), max(0.0, self.call_deadline - time.monotonic()))
 
+    async def _get(self, url: httpx.URL) -> httpx.Response:
+        """GET `url`, following redirects here: the credential goes only to a trusted origin (httpx strips
+        `Authorization` across origins but keeps every other header, e.g. `X-Api-Key`)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            for name in self.auth_params:  # a next link or Location may echo it: never to another origin
+                url = url.copy_remove_param(name)
+            trusted = origin(url) in self.trusted
+            resp = await self.http.get(url.copy_merge_params(self.auth_params) if trusted else url,
+                                       headers=self.auth_headers if trusted else None)
+            if not resp.is_redirect or resp.next_request is None:
+                return resp
+            url = resp.next_request.url
+        raise CallFailed(_hide(url, tuple(self.auth_params)), resp.status_code,
+                         f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
+
+    def _status(self, level: Level, request: paginate.PageRequest, resp: httpx.Response, url: str, excerpt: str):
+        """A non-2xx answer: ([], None) when the level takes it for "no records", else the error it is."""
+        status = resp.status_code
+        ruled = level.status.classify(status)
+        throttle, wait = throttle_wait(status, resp.headers) if status in (403, 429) else (False, None)
+        kind = ruled or ("throttle" if throttle else "retry" if status == 408 or status >= 500
+                         else "auth" if status in (401, 403) else "permanent")
+        if kind == "empty":
+            self.stats.pages += 1
+            return [], None
+        if kind == "throttle":
+            self.stats.throttled += 1
+            if wait is None:
+                wait = retry_after_seconds(resp.headers.get("retry-after"))
+            self.limiter.on_throttle(wait)
+            reason = f"{status} {resp.reason_phrase}" + ("" if status == 429 else " (rate limited)")
+            raise _Transient(reason, status, excerpt, wait, throttle=True)
+        if kind == "retry":
+            raise _Transient(f"{status} {resp.reason_phrase}", status, excerpt, retry_after_seconds(resp.headers.get("retry-after")))
+        if kind == "auth":
+            raise AuthFailed(url, status, f"{status} {resp.reason_phrase}: check the credential and its rights", excerpt)
+        if status < 400:
+            raise CallFailed(url, status, f"unexpected status {status}", excerpt)
+        raise CallFailed(url, status, f"{status} {resp.reason_phrase}", excerpt)
+
     async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
         if self.time_left() <= 0:
             raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
@@ -261,10 +365,7 @@ class Fetcher:
             async with asyncio.timeout(window):
                 # merged into the URL's own query: httpx's `params=` would replace it (a next link's offset, a
                 # `?troopId=` written in the path)
-                resp = await self.http.get(
-                    httpx.URL(request.url).copy_merge_params({**request.params, **self.auth_params}),
-                    headers=self.auth_headers,
-                )
+                resp = await self._get(httpx.URL(request.url).copy_merge_params(request.params))
                 body_bytes = resp.content
         except TimeoutError:
             raise OutOfTime(f"{shown}: cut at the worker's deadline; the next invocation asks for it again") from None
@@ -277,24 +378,17 @@ class Fetcher:
         status = resp.status_code
         url = _shown_url(request, resp, tuple(self.auth_params))
         excerpt = body_bytes[:200].decode("utf-8", "replace")
-        if status == 429:
-            self.stats.throttled += 1
-            retry_after = retry_after_seconds(resp.headers.get("retry-after"))
-            self.limiter.on_throttle(retry_after)
-            raise _Transient("429 Too Many Requests", 429, excerpt, retry_after)
-        if status == 408 or status >= 500:
-            raise _Transient(f"{status} {resp.reason_phrase}", status, excerpt, retry_after_seconds(resp.headers.get("retry-after")))
-        if status in (401, 403):
-            raise AuthFailed(url, status, f"{status} {resp.reason_phrase}: check the credential", excerpt)
-        if status >= 400:
-            raise CallFailed(url, status, f"{status} {resp.reason_phrase}", excerpt)
         if not 200 <= status < 300:
-            raise CallFailed(url, status, f"unexpected status {status}", excerpt)
+            return self._status(level, request, resp, url, excerpt)
         try:
             body = json.loads(body_bytes)
         except (json.JSONDecodeError, UnicodeDecodeError):
             ctype = resp.headers.get("content-type", "?")
             raise _Transient(f"body is not JSON (content-type {ctype}, {len(body_bytes)} bytes)", status, excerpt) from None
+        if level.error_path:
+            error = paginate.extract_optional(body, level.error_path)
+            if error not in (None, "", False, [], {}):
+                raise _Transient(f"error in a {status} at {level.error_path!r}: {str(error)[:150]}", status, excerpt)
         try:
             page = paginate.records_of(body, level.records, url)
             nxt = paginate.next_request(level.pagination, request, body, dict(resp.headers), len(page), before + len(page))
@@ -307,9 +401,17 @@ class Fetcher:
         return page, nxt
 
 
+def _digest(page: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(page, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _shown_url(request: paginate.PageRequest, resp: httpx.Response | None = None, hide: tuple[str, ...] = ()) -> str:
     """The URL as sent, for the ledger, without credentials in the query."""
     url = resp.request.url if resp is not None else httpx.URL(request.url).copy_merge_params(request.params)
+    return _hide(url, hide)
+
+
+def _hide(url: httpx.URL, hide: tuple[str, ...]) -> str:
     for name in hide:
         url = url.copy_remove_param(name)
     return str(url)

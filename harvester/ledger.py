@@ -26,6 +26,15 @@ def run_pk(source: str, run_id: str) -> str:
     return f"RUN#{source}#{run_id}"
 
 
+def window_pk(source: str) -> str:
+    """The source's window bookmark item: pk `WINDOW#{source}`, sk `BOOKMARK`."""
+    return f"WINDOW#{source}"
+
+
+BOOKMARK_SK = "BOOKMARK"
+CLAIM_ATTEMPTS = 8
+
+
 def batch_sk(level: int, batch_id: str) -> str:
     return f"BATCH#{level:02d}#{batch_id}"
 
@@ -153,6 +162,40 @@ class Ledger:
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeValues={":cost": _dynamo(cost)},
         )
+
+    # --- the window bookmark --------------------------------------------------------------------------------------
+    def get_bookmark(self, source: str) -> dict[str, Any] | None:
+        """`end` (the end of the latest daily window that completed, written by the workflow's Commit window
+        state), `claimed_end` (the end of the latest window handed out to a daily run) and who did each."""
+        item = self.table.get_item(Key={PARTITION_KEY: window_pk(source), SORT_KEY: BOOKMARK_SK},
+                                   ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def claim_window(self, source: str, run_id: str, take) -> dict[str, Any]:
+        """Hand the next daily window to `run_id`: `take(claimed_end or None)` computes it from the end of the
+        last window handed out, and a conditional update moves `claimed_end` on only if no other run moved it
+        since it was read (optimistic concurrency: two runs of a source never take overlapping new windows; the
+        loser reads again and takes what is left). Returns the window."""
+        from botocore.exceptions import ClientError
+
+        for _ in range(CLAIM_ATTEMPTS):
+            seen = (self.get_bookmark(source) or {}).get("claimed_end")
+            window = take(seen)
+            condition = "attribute_not_exists(claimed_end)" if seen is None else "claimed_end = :seen"
+            try:
+                self.table.update_item(
+                    Key={PARTITION_KEY: window_pk(source), SORT_KEY: BOOKMARK_SK},
+                    UpdateExpression="SET claimed_end = :end, claimed_by = :run, claimed_start = :start",
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues={":end": window["end"], ":run": run_id, ":start": window["new_start"],
+                                               **({":seen": seen} if seen is not None else {})},
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                continue
+            return window
+        raise RuntimeError(f"could not take a window for source {source!r}: {CLAIM_ATTEMPTS} runs took one at once")
 
     # --- batches ----------------------------------------------------------------------------------------------
     def get_batch(self, source: str, run_id: str, level: int, batch_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from harvester import spec as s
 
@@ -54,6 +54,11 @@ def records_of(body: Any, path: str, url: str) -> list[Any]:
     return records
 
 
+def extract_optional(body: Any, path: str | None) -> Any:
+    """`extract`, or None when the path is not there."""
+    return _optional(body, path)
+
+
 def _optional(body: Any, path: str | None) -> Any:
     if not path:
         return None
@@ -77,6 +82,21 @@ def next_link(header: str | None) -> str | None:
         if rel and "next" in (rel.group(1) if rel.group(1) is not None else rel.group(2)).lower().split():
             return m.group(1)
     return None
+
+
+def _next_url(request: PageRequest, url: str, n_records: int) -> PageRequest:
+    """The next page by URL. An empty page pointing at itself is not the end: ask again (transient). A full page
+    pointing at itself is a loop the fetcher reports when it would ask for that URL a second time."""
+    if n_records == 0 and _same_url(url, request):
+        raise IncompleteListError(f"{request.url}: empty page pointing at itself")
+    return PageRequest(url=url, params={}, number=request.number + 1)
+
+
+def _same_url(url: str, request: PageRequest) -> bool:
+    asked = urlsplit(request.url)
+    query = sorted(parse_qsl(asked.query) + list(request.params.items()))
+    nxt = urlsplit(url)
+    return (nxt.scheme, nxt.netloc, nxt.path, sorted(parse_qsl(nxt.query))) == (asked.scheme, asked.netloc, asked.path, query)
 
 
 def first_request(pagination: s.Pagination, url: str, params: dict[str, str]) -> PageRequest:
@@ -143,10 +163,10 @@ def next_request(
             url = _optional(body, pagination.next_url_path)
             if not url:
                 return None
-            return PageRequest(url=urljoin(request.url, str(url)), params={}, number=nxt)
+            return _next_url(request, urljoin(request.url, str(url)), n_records)
         case s.LinkHeaderPagination():
             url = next_link(headers.get("link"))
             if not url:
                 return None
-            return PageRequest(url=urljoin(request.url, url), params={}, number=nxt)
+            return _next_url(request, urljoin(request.url, url), n_records)
     raise AssertionError(f"unknown pagination {pagination!r}")

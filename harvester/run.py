@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from harvester import storage
-from harvester.ledger import Ledger, batch_sk, expires_at, run_pk
+from harvester import window as windows
+from harvester.ledger import Ledger, batch_sk, expires_at, run_pk, window_pk
 from harvester.spec import SourceSpec, SpecError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
@@ -29,13 +30,24 @@ class InputError(ValueError):
     """The execution input is not what the workflow expects."""
 
 
+class BackfillWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: str
+    end: str
+    step: str | None = None
+
+
 class RunInput(BaseModel):
-    """Execution input: `{"source": "demo"}`, optionally `"run_id"`, or `"resume": "<run_id>"`."""
+    """Execution input: `{"source": "demo"}`, optionally `"run_id"`, or `"resume": "<run_id>"`; a backfill:
+    `"window": {"start", "end", "step"}`; `"as_of"`: the time a daily window ends at (minus the settle lag),
+    default the execution's start."""
 
     model_config = ConfigDict(extra="forbid")
     source: str
     run_id: str | None = None
     resume: str | None = None
+    window: BackfillWindow | None = None
+    as_of: str | None = None
 
     @field_validator("run_id", "resume")
     @classmethod
@@ -58,7 +70,61 @@ def parse_input(raw: Any) -> RunInput:
                          f'with optional "run_id" or "resume"') from None
     if parsed.run_id and parsed.resume:
         raise InputError('give either "run_id" (a new run) or "resume" (an earlier run), not both')
+    if parsed.resume and (parsed.window or parsed.as_of):
+        raise InputError('a resume keeps its run\'s window: give "resume" without "window" or "as_of"')
     return parsed
+
+
+def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
+                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger, storage.Store], dict[str, Any]]:
+    """The run's window: a resume keeps the one its run item recorded; a backfill takes the input's (and never
+    touches the bookmark); a daily run of a windowed spec gets a function that takes the next window from the
+    ledger's bookmark, called last (a refused run takes no window). Checks everything before anything is written."""
+    if prior is not None:
+        return {**windows.NONE, **(prior.get("window") or {})}
+    wl = spec.window_level
+    if req.window is not None:
+        if wl is None:
+            raise InputError(f"source {spec.name!r} declares no window: a backfill needs a level with window:")
+        step = req.window.step or spec.levels[wl].window.step
+        try:
+            window = windows.backfill_window(req.window.start, req.window.end, step)
+            windows.slices(window)  # at most MAX_SLICES
+        except windows.WindowError as exc:
+            raise InputError(f"window: {exc}") from None
+        return window
+    if wl is None:
+        if req.as_of:
+            raise InputError(f"as_of: source {spec.name!r} declares no window")
+        return dict(windows.NONE)
+    started = windows.parse_time(start_time)
+    try:
+        now = windows.parse_time(req.as_of) if req.as_of else started
+    except windows.WindowError as exc:
+        raise InputError(f"as_of: {exc}") from None
+    if now > started:
+        raise InputError(f"as_of {req.as_of} is later than the execution's start ({start_time}): a window "
+                         "cannot end in the future")
+    wspec = spec.levels[wl].window
+    if wspec.cursor:
+        return lambda ledger, store: cursor_state(spec, wl, run_id, now, ledger, store)
+    return lambda ledger, store: ledger.claim_window(
+        spec.name, run_id, lambda claimed: windows.daily_window(wspec, claimed, now))
+
+
+def cursor_state(spec: SourceSpec, level: int, run_id: str, now: datetime, ledger: Ledger,
+                 store: storage.Store) -> dict[str, Any]:
+    """The cursor variant: each parent's largest cursor value from the last run of the source that succeeded
+    (its batch items of the windowed level carry them; a parent it did not fetch keeps an older one, since every
+    batch carries the cursors it was given forward), written for this run's workers."""
+    last = next((r for r in ledger.list_runs(spec.name, limit=50)
+                 if r.get("status") == "SUCCEEDED" and (r.get("window") or {}).get("kind") == "cursor"), None)
+    cursors: dict[str, Any] = {}
+    if last is not None:
+        for item in ledger.iter_batches(spec.name, last["run_id"], level):
+            cursors.update(item.get("cursors") or {})
+    store.put_json(storage.cursors_key(spec.name, run_id), cursors)
+    return windows.cursor_window(spec.levels[level].window, now)
 
 
 def default_run_id(start_time: str, execution_name: str) -> str:
@@ -107,7 +173,7 @@ def plan_run(
         resolve_secret(spec)  # raises SpecError naming the variable or secret
     check_url(spec.base_url)
 
-    attempt = 1
+    attempt, prior = 1, None
     if req.resume:
         prior = ledger.get_run(spec.name, req.resume)
         if prior is None:
@@ -125,6 +191,11 @@ def plan_run(
             raise InputError(f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}')
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    window = plan_window(req, spec, run_id, start_time, prior)
+    store.put_json(storage.spec_key(spec.name, run_id), spec.model_dump(mode="json"))
+    if callable(window):
+        window = window(ledger, store)  # the last check passed: take the next daily window
+    pieces = windows.slices(window)
     run = {
         "source": spec.name,
         "run_id": run_id,
@@ -140,9 +211,15 @@ def plan_run(
         "gsi1sk": f"{started}#{run_id}",
         "expires_at_str": str(expires_at(spec.ttl_days)),
         "attempt_str": str(attempt),
+        "window": window,  # recorded on the run item; Commit window moves the bookmark to its end
+        "window_pk": window_pk(spec.name),
+        "window_end_epoch": str(int(windows.parse_time(window["end"]).timestamp())) if window["end"] else "0",
     }
-    store.put_json(run["spec_key"], spec.model_dump(mode="json"))
-    manifest = [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
+    if window["kind"] == "cursor":
+        run["cursor_key"] = storage.cursors_key(spec.name, run_id)
+    if len(pieces) > 1:
+        run["slices"] = pieces  # Map items per batch of parents and slice at the windowed level
+    manifest = root_manifest(spec, pieces)
     key = storage.manifest_key(spec.name, run_id, 0)
     store.put_json(key, manifest)
     return {
@@ -150,6 +227,14 @@ def plan_run(
         "level": _level_state(spec, 0, key, len(manifest), 1),
         "totals": {c: 0 for c in COUNTERS} | {"attempt_calls": 0},
     }
+
+
+def root_manifest(spec: SourceSpec, pieces: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Level 0's Map items: one batch with the one empty parent, or one per slice when level 0 is windowed."""
+    if spec.window_level != 0 or len(pieces) <= 1:
+        return [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
+    return [{"batch_id": f"root-{n:04d}", "sk": batch_sk(0, f"root-{n:04d}"), "parents": [{}], "window": piece}
+            for n, piece in enumerate(pieces)]
 
 
 def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: storage.Store, ledger: Ledger) -> int:

@@ -38,6 +38,11 @@ def children_key(source: str, run_id: str, level: int, batch_id: str, part: int)
     return f"{children_prefix(source, run_id, level)}{batch_id}-{part:03d}.json"
 
 
+def cursors_key(source: str, run_id: str) -> str:
+    """The cursor variant's per-parent cursors a run starts from (harvester/run.py cursor_state)."""
+    return f"runs/{source}/{run_id}/cursors.json"
+
+
 def checkpoint_key(source: str, run_id: str, level: int, batch_id: str) -> str:
     return f"{run_prefix(source, run_id)}/checkpoints/{level}/{batch_id}.json"
 
@@ -56,9 +61,20 @@ def encode_ndjson_gz(records: Iterable[dict[str, Any]]) -> bytes:
     # mtime=0: the same records always give the same bytes (idempotent rewrites, stable ETags)
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
         for record in records:
-            gz.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+            gz.write(_json_line(record))
             gz.write(b"\n")
     return buf.getvalue()
+
+
+def _json_line(record: Any) -> bytes:
+    """One NDJSON line, UTF-8. A string with a lone surrogate (the vendor's `"\\ud83d"`, valid JSON text that
+    Python decodes to a code point UTF-8 cannot hold) is written as the JSON escape it came as, not refused:
+    one odd record must not lose its batch."""
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def decode_ndjson_gz(body: bytes) -> Iterator[dict[str, Any]]:

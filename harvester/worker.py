@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from harvester import paginate, storage
-from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime, ssl_context
+from harvester import paginate, storage, window
+from harvester.client import AuthFailed, CallFailed, Fetcher, LoopDetected, OutOfTime, ssl_context
 from harvester.ledger import Ledger, batch_sk
 from harvester.spec import SourceSpec
 from harvester.template import lookup
@@ -43,6 +43,8 @@ FLUSH_SECONDS = 60.0  # ... or once the oldest waiting record is this old (HARVE
 #: seconds kept for the last write of an invocation (a part of at most FLUSH_RECORDS records, the checkpoint,
 #: the ledger's failures and batch item): a few S3 and DynamoDB requests, well under a second as a rule
 WRITE_SECONDS = 5.0
+#: a batch stops early only when its first parents all fail with 401/403 (the credential, not one parent's rights)
+AUTH_STOP = 3
 
 #: set when the invocation is asked to stop now (a local run's Ctrl-C, SIGTERM or --timeout: the sandbox's SIGTERM
 #: handler): the lanes are cancelled, the calls in flight abandoned (their pages are asked for again next time),
@@ -112,8 +114,9 @@ def lineage(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, An
     return out
 
 
-def child_batch_id(batch_id: str, part: int, chunk: int) -> str:
-    return hashlib.sha1(f"{batch_id}/{part}/{chunk}".encode()).hexdigest()[:16]
+def child_batch_id(batch_id: str, part: int, chunk: int, slice_no: int | None = None) -> str:
+    tail = "" if slice_no is None else f"/{slice_no}"
+    return hashlib.sha1(f"{batch_id}/{part}/{chunk}{tail}".encode()).hexdigest()[:16]
 
 
 def template_context(parent: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[str, dict[str, Any]]:
@@ -138,6 +141,16 @@ def child_context(spec: SourceSpec, level_index: int, parent: dict, record: Any,
     return {**parent, level.name: fields}
 
 
+def record_key(record: Any, primary_key: list[str] | None) -> str | None:
+    """A record's primary key as text, or None (no key declared, or the record lacks it)."""
+    if not primary_key or not isinstance(record, dict):
+        return None
+    try:
+        return ",".join(str(lookup(record, k)) for k in primary_key)
+    except KeyError:
+        return None
+
+
 @dataclass
 class _List:
     """One parent's list in this invocation: the records fetched and not yet written, and where it goes on."""
@@ -150,6 +163,11 @@ class _List:
     kids: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False  # its last page is fetched
     dirty: bool = False  # it fetched a page that no checkpoint knows of yet
+    parts: list[int] = field(default_factory=list)  # parts holding its records (a loop takes them out again)
+    discard: bool = False  # its pagination looped: nothing of it is kept
+    # primary keys of its last two pages (kept in the checkpoint when the list is cut): offset drift repeats the
+    # records next to a page boundary; bounded, so memory stays bounded by the flush size, not the list
+    recent: list[list[str]] = field(default_factory=lambda: [[], []])
 
     def add(self, page: list[Any], kids: list[dict[str, Any]], nxt: paginate.PageRequest | None) -> None:
         self.records.extend(page)
@@ -177,7 +195,16 @@ class _Batch:
         self.ttl = int(run["expires_at"])
         self.level_index, self.level = level_index, spec.levels[level_index]
         self.is_leaf = level_index == len(spec.levels) - 1
-        self.batch_id, self.parents = batch["batch_id"], batch["parents"]
+        self.batch_id = batch["batch_id"]
+        # a parent listed twice (offset drift in its parent's list) is one parent: fetched and counted once
+        self.parents = list({parent_key(p, spec): p for p in batch["parents"]}.values())
+        # {window.start}/{window.end}: the batch's slice of the run's window, or the whole window
+        wl = spec.window_level
+        self.window = window.context(None if wl is None else spec.levels[wl].window, batch.get("window") or run.get("window"))
+        self.slices = run.get("slices") if wl == level_index + 1 else None  # the next level's Map items per slice
+        # the cursor variant: each parent's largest cursor field so far, sent back as {window.since}
+        self.cursor = spec.levels[wl].window.cursor if wl == level_index and self.window else None
+        self.cursors = store.get_json(run["cursor_key"], default={}) if self.cursor and run.get("cursor_key") else {}
         self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
         self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
         ck = self.ck
@@ -203,6 +230,10 @@ class _Batch:
         self.flush_lock = asyncio.Lock()
         self.out_of_time = False
         self.auth_error: AuthFailed | None = None
+        self.auth_streak = 0  # parents failed with 401/403 since the last good page
+        self.pages_ok = 0  # good pages of this invocation
+        self.rewrites: list[tuple[dict[str, Any], list[int]]] = []  # (a discarded list's parent, its parts)
+        self.bad_records = self.duplicates = 0
         self.fetcher: Fetcher | None = None
         self.lanes: list[asyncio.Task] = []
 
@@ -221,7 +252,7 @@ class _Batch:
         limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
         headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
         async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=True,
+            timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=False,  # Fetcher._get follows them
             verify=ssl_context(),
         ) as http:
             self.fetcher = Fetcher(spec, http, self.limiter, secret, deadline - min(1.0, 0.05 * time_budget),
@@ -285,22 +316,34 @@ class _Batch:
         key = parent_key(parent, self.spec)
         resume = self.resume_at.get(key)
         start = paginate.PageRequest(**resume["next"]) if resume else None
-        st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start)
-        pages = self.fetcher.pages(self.level, template_context(parent, self.spec), start=start,
-                                   fetched_before=st.stored)
+        st = self.lists[key] = _List(key, parent, stored=resume["fetched"] if resume else 0, next=start,
+                                     parts=list(resume.get("parts", [])) if resume else [],
+                                     recent=[[], list(resume.get("recent_keys", []))] if resume else [[], []])
+        ctx = template_context(parent, self.spec) | ({"window": self.window} if self.window else {})
+        if self.cursor:
+            seen = self.ck.setdefault("cursors", {})
+            seen[key] = window.newer(seen.get(key), self.cursors.get(key))
+            if self.cursors.get(key) is not None:
+                ctx["window"] = {**self.window, "since": str(self.cursors[key])}
+        pages = self.fetcher.pages(self.level, ctx, start=start, fetched_before=st.stored)
         while True:
             try:
                 page, nxt = await anext(pages)
-                kids = [] if self.is_leaf else [
-                    child_context(self.spec, self.level_index, parent, r, self.level.path) for r in page]
+                page, kids = self.sift(st, page, nxt)
             except StopAsyncIteration:
                 return
             except OutOfTime:
                 self.out_of_time = True
                 return
+            except LoopDetected as exc:
+                st.discard = st.dirty = True
+                self.fail(key, {**exc.as_item(), "reason": f"{exc.reason}; parent {key}"})
+                return
             except AuthFailed as exc:
-                self.auth_error = exc
                 self.fail(key, exc.as_item())
+                self.auth_streak += 1
+                if not self.pages_ok and self.auth_streak >= min(AUTH_STOP, len(self.todo)):
+                    self.auth_error = exc  # the first parents all refused: the credential, stop the batch
                 return
             except CallFailed as exc:
                 self.fail(key, exc.as_item())
@@ -310,9 +353,39 @@ class _Batch:
                                 "reason": f"unexpected {type(exc).__name__}: {exc}"[:300]})
                 return
             st.add(page, kids, nxt)
+            self.pages_ok += 1
+            self.auth_streak = 0
             self.buffered += len(page)
+            if self.cursor:
+                self.ck["cursors"][key] = window.highest(page, self.cursor.field, self.ck["cursors"].get(key))
             if self.flush_due():  # outside the try: a failed write is the invocation's failure, not the parent's
                 await self.flush()
+
+    def sift(self, st: _List, page: list[Any], nxt) -> tuple[list[Any], list[dict[str, Any]]]:
+        """(the page's records, the next level's parents): a record whose key this list already had (offset drift)
+        is dropped; one without the fields its children need is kept and counted as bad, without children (a
+        page where no record has them is the spec's mistake: the call fails, as `child_context` says)."""
+        keep, kids = [], []
+        seen, keys = {*st.recent[0], *st.recent[1]}, []
+        for record in page:
+            rk = record_key(record, self.level.primary_key)
+            if rk is not None and rk in seen:
+                self.duplicates += 1
+                continue
+            if rk is not None:
+                seen.add(rk)
+                keys.append(rk)
+            keep.append(record)
+            if self.is_leaf:
+                continue
+            try:
+                kids.append(child_context(self.spec, self.level_index, st.parent, record, self.level.path))
+            except CallFailed:
+                if len(page) == 1 or not any(record_key(r, self.level.primary_key) for r in page):
+                    raise
+                self.bad_records += 1
+        st.recent = [st.recent[1], keys]
+        return keep, kids
 
     def fail(self, key: str, item: dict[str, Any]) -> None:
         self.failures[key] = {**item, "parent": key}
@@ -346,8 +419,9 @@ class _Batch:
                 return  # another lane flushed while this one waited
             part, records, kids = self.take()
             ck = copy.deepcopy(self.ck)
+            rewrites, self.rewrites = self.rewrites, []
             self.last_flush = time.monotonic()
-            written = await asyncio.to_thread(self.write, part, records, kids, ck)
+            written = await asyncio.to_thread(self.write, part, records, kids, ck, rewrites)
             self.ck["bytes"] = ck["bytes"]
             self.records_written += len(records)
             self.bytes_written += written
@@ -358,7 +432,17 @@ class _Batch:
         fetched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         records: list[dict[str, Any]] = []
         kids: list[dict[str, Any]] = []
+        next_part = self.ck["parts"]
         for st in sorted((s for s in self.lists.values() if s.dirty), key=lambda s: self.order[s.key]):
+            if st.discard:  # a loop: none of its records, and the parts that hold some are rewritten without them
+                if st.parts:
+                    self.rewrites.append((st.parent, sorted(set(st.parts))))
+                    self.ck["records"] -= st.stored  # counted when its parts were written
+                self.ck["partial"].pop(st.key, None)
+                del self.lists[st.key]
+                continue
+            if st.records:
+                st.parts.append(next_part)
             meta = {"_source": self.source, "_run_id": self.run_id, "_level": self.level.name,
                     "_lineage": lineage(st.parent, self.spec), "_fetched_at": fetched_at}
             records.extend({**r, **meta} if isinstance(r, dict) else {"value": r, **meta} for r in st.records)
@@ -374,7 +458,8 @@ class _Batch:
             else:
                 # a list cut by the deadline, by a flush, or by a failure after some pages: it goes on from here
                 # (refetching the pages before it would write them twice)
-                self.ck["partial"][st.key] = {"next": _request(st.next), "fetched": st.stored}
+                self.ck["partial"][st.key] = {"next": _request(st.next), "fetched": st.stored,
+                                              "parts": sorted(set(st.parts)), "recent_keys": st.recent[1]}
         for key, failure in self.failures.items():
             self.ck["failed"][key] = {**failure, "attempt": self.attempt}
         self.failures = {}
@@ -386,6 +471,9 @@ class _Batch:
         self.ck["done"] = sorted(self.done)
         self.ck["records"] += len(records)
         self.ck["children"] += len(kids)
+        self.ck["bad_records"] = self.ck.get("bad_records", 0) + self.bad_records
+        self.ck["duplicates"] = self.ck.get("duplicates", 0) + self.duplicates
+        self.bad_records = self.duplicates = 0
         self.count()
         return part, records, kids
 
@@ -401,8 +489,10 @@ class _Batch:
         ck["tokens_expired"] = base["tokens_expired"] + int(lim.get("tokens_expired", 0))
 
     def write(self, part: int | None, records: list[dict[str, Any]], kids: list[dict[str, Any]],
-              ck: dict[str, Any]) -> int:
+              ck: dict[str, Any], rewrites: list[tuple[dict[str, Any], list[int]]] = ()) -> int:
         """The part's objects first, the checkpoint last: a checkpoint never names a part that is not written."""
+        for parent, parts in rewrites:
+            self.take_out(parent, parts)
         written = 0
         if part is not None:
             written = self.store.put_records(
@@ -414,12 +504,33 @@ class _Batch:
         self.store.put_json(self.ck_key, ck)
         return written
 
+    def take_out(self, parent: dict[str, dict[str, Any]], parts: list[int]) -> None:
+        """Rewrite `parts` without the records (and next-level parents) of `parent`'s list: its pagination looped
+        after some of its pages were written. Deterministic: the same parts, the same content, whatever attempt
+        does it (a part is only read once the level is done)."""
+        mine = lineage(parent, self.spec)
+        for part in parts:
+            key = storage.raw_key(self.source, self.run_id, self.level.name, self.batch_id, part)
+            self.store.put_records(key, [r for r in self.store.read_records(key) if r.get("_lineage") != mine])
+            if self.is_leaf:
+                continue
+            ckey = storage.children_key(self.source, self.run_id, self.level_index + 1, self.batch_id, part)
+            items = self.store.get_json(ckey, default=None)
+            if items is None:
+                continue
+            for item in items:
+                item["parents"] = [p for p in item["parents"]
+                                   if {k: v for k, v in p.items() if k != self.level.name} != parent]
+            self.store.put_json(ckey, [item for item in items if item["parents"]])
+
     def child_items(self, part: int, kids: list[dict[str, Any]]) -> list[dict[str, Any]]:
         size = self.spec.batch_size(self.level_index + 1)
         items = []
         for chunk, start in enumerate(range(0, len(kids), size)):
-            cid = child_batch_id(self.batch_id, part, chunk)
-            items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid), "parents": kids[start:start + size]})
+            for n, piece in enumerate(self.slices or [None]):  # a sliced window: an item per parents and slice
+                cid = child_batch_id(self.batch_id, part, chunk, None if piece is None else n)
+                items.append({"batch_id": cid, "sk": batch_sk(self.level_index + 1, cid),
+                              "parents": kids[start:start + size], **({"window": piece} if piece else {})})
         return items
 
     # --- the end of the invocation ------------------------------------------------------------------------------
@@ -438,7 +549,9 @@ class _Batch:
             "invocations": ck["invocations"], "last_attempt": self.attempt, "failures": len(current_failures),
             "token_wait_seconds": ck["token_wait_seconds"], "limiter_writes": ck["limiter_writes"],
             "tokens_expired": ck["tokens_expired"], "current_rate": self.limiter.stats().get("current_rate"),
+            "bad_records": ck.get("bad_records", 0), "duplicates": ck.get("duplicates", 0),
             "seconds": round(time.monotonic() - started, 3),
+            **({"cursors": ck.get("cursors", {})} if self.cursor else {}),
         }
         self.ledger.put_failures(self.source, self.run_id, self.level_index, self.batch_id, current_failures, self.ttl)
         if current_failures:
@@ -456,7 +569,7 @@ class _Batch:
                 f"batch {self.batch_id}: {len(ck['done'])}/{len(self.parents)} parents done when the time budget "
                 "ran out; the next attempt continues from the checkpoint")
         elif status == "FAILED":
-            error = BatchFailed(f"batch {self.batch_id}: {summary['error']}")
+            error = BatchFailed(f"batch {self.batch_id}: " + summary.get("error", f"{unfinished} parents not done"))
         if error is not None:
             error.result = result  # type: ignore[attr-defined]  # what this invocation did, for the handler's metrics
             raise error

@@ -147,7 +147,15 @@ def lake_counts(store, index: FileIndex, *, source: str, run_id: str, levels: li
             level["bad_by_field"][field] = level["bad_by_field"].get(field, 0) + int(n)
         if report.get("notes"):
             level.setdefault("notes", {}).update(report["notes"])
-    return {"levels": out, "groups": len(plan)}
+    # records this run's commits dropped because the lake already had them or had them twice (harvester/lake/dedup.py)
+    dup_keys = [k for k, _ in store.list(layout.duplicates_prefix(source, run_id))]
+    dropped = 0
+    for blob in get_many(store, dup_keys):
+        report = json.loads(blob)
+        level = out.setdefault(report["level"], {"files": 0, "rows": 0, "bytes": 0, "partitions": 0, "bad_values": 0})
+        level["duplicates_dropped"] = level.get("duplicates_dropped", 0) + int(report["total"])
+        dropped += int(report["total"])
+    return {"levels": out, "groups": len(plan), "duplicates_dropped": dropped}
 
 
 @event_parser(model=RunEvent)
@@ -160,7 +168,8 @@ def finish_handler(event: RunEvent, context: LambdaContext) -> dict:
     lake["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     aws.ledger().record_lake(source, run_id, lake)
     logger.info("lake counts recorded", extra={"lake": lake, "staging_removed": removed})
-    return {level: {k: v[k] for k in ("files", "rows", "bad_values")} for level, v in lake["levels"].items()}
+    return {level: {k: v.get(k, 0) for k in ("files", "rows", "bad_values", "duplicates_dropped")}
+            for level, v in lake["levels"].items()}
 
 
 STEPS = {

@@ -91,7 +91,7 @@ def validate(raw: Any) -> dict:
 def plan_handler(event: PlanEvent, context: LambdaContext) -> dict:
     query = validate(event.query)
     index = file_index()
-    plan = plan_query(index, query)
+    plan = plan_query(index, query, store=lake_store())
     if not plan["tasks"] and not index.files_for_run(query["source"], query["level"]):
         raise QueryError(f"no Parquet files for source {query['source']!r}, level {query['level']!r}: "
                          "check the names, or harvest (and convert) that source first")

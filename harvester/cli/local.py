@@ -75,7 +75,8 @@ def execute(
     if processes is None:
         processes = min(spec.workers(), MAX_PROCESSES)
     if "run_id" not in execution_input and "resume" not in execution_input:
-        execution_input, execution_name, _ = runs.new_run_input(spec.name, None)
+        named, execution_name, _ = runs.new_run_input(spec.name, None)
+        execution_input = {**execution_input, **named}  # a backfill's window stays
     run_id = execution_input.get("resume") or execution_input["run_id"]
     # the handlers' log lines (JSON) would cut through the progress display: failure causes are in the ledger,
     # and the failures table at the end shows them

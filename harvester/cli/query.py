@@ -112,7 +112,7 @@ def resolve_columns(bucket_dir: Path, query: dict[str, Any]) -> tuple[list[str],
 
 
 def query_from_args(args) -> dict[str, Any]:
-    query: dict[str, Any] = json.loads(Path(args.query_file).read_text()) if args.query_file else {}
+    query: dict[str, Any] = _query_file(args.query_file) if args.query_file else {}
     for name in ("source", "level", "start", "end"):
         if getattr(args, name):
             query[name] = getattr(args, name)
@@ -122,6 +122,18 @@ def query_from_args(args) -> dict[str, Any]:
         query["filters"] = [parse_filter(f) for f in args.filter]
     if args.agg:
         query["aggregates"] = [parse_agg(a) for a in args.agg]
+    return query
+
+
+def _query_file(path: str) -> dict[str, Any]:
+    try:
+        query = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"--query-file {path}: cannot read it ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"--query-file {path}: not JSON ({str(exc)[:200]})") from None
+    if not isinstance(query, dict):
+        raise SpecError(f"--query-file {path}: expected a JSON object, got {type(query).__name__}")
     return query
 
 

@@ -58,13 +58,21 @@ class LevelProgress:
     failures: int = 0  # failed calls
 
 
+def level_of(item: dict[str, Any]) -> int:
+    """A batch or failure item's level; an item "Record batch failure" wrote for a batch that crashed first has
+    no `level`: it is in the sk (BATCH#03#...)."""
+    if item.get("level") is not None:
+        return int(item["level"])
+    return int(str(item.get("sk", "BATCH#00#")).split("#")[1])
+
+
 def level_progress(run: dict[str, Any], batches: list[dict[str, Any]], level_names: list[str]) -> list[LevelProgress]:
     """Per level: batches ended and running, calls, records, 429s, failed calls and failed batches (both counted
     as what they are: the failed-calls column counts calls, as the calls column does)."""
     names = list(level_names) or list(run.get("levels", {}))
     out = [LevelProgress(n) for n in names]
     for b in batches:
-        i = int(b.get("level", 0))
+        i = level_of(b)
         while i >= len(out):
             out.append(LevelProgress(f"level {len(out)}"))
         p = out[i]
@@ -140,16 +148,16 @@ class LiveProgress:
 def failure_rows(failures: list[dict[str, Any]], batches: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """The failed calls (URL, HTTP status, reason), then the failed batches that have no failed call of their own
     (a crash, a timeout: their error is the cause)."""
-    def level(i):
-        i = int(i or 0)
+    def level(item):
+        i = level_of(item)
         return names[i] if i < len(names) else str(i)
 
-    rows = [{"level": level(f.get("level")), "batch": f.get("batch_id"), "status": f.get("status"), "url": f.get("url"),
+    rows = [{"level": level(f), "batch": f.get("batch_id"), "status": f.get("status"), "url": f.get("url"),
              "reason": f.get("reason"), "excerpt": (f.get("excerpt") or "")[:200]} for f in failures]
     with_calls = {(f.get("level"), f.get("batch_id")) for f in failures}
     for b in batches:
         if b.get("status") == "FAILED" and (b.get("level"), b.get("batch_id")) not in with_calls:
-            rows.append({"level": level(b.get("level")), "batch": b.get("batch_id"), "status": None, "url": None,
+            rows.append({"level": level(b), "batch": b.get("batch_id"), "status": None, "url": None,
                          "reason": f"{b.get('error', 'batch failed')}: {b.get('cause', '')}"[:500], "excerpt": ""})
     return rows
 

@@ -10,12 +10,13 @@ overwrites.
 
 from __future__ import annotations
 
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import layout
+from . import dedup, layout
 from .convert import load_plan, time_column
 from .index import FileIndex
 from .schema import conform, unify
@@ -86,16 +87,26 @@ def compact_partition(
     blobs = get_many(store, staging_keys)
     files = [pq.ParquetFile(pa.BufferReader(b)) for b in blobs]
     schema = unify([f.schema_arrow for f in files])
+    # each record once: the run's own copies (the latest fetched), then against the partition's other runs
+    id_time = tcol if time_field else None  # a record's identity uses its time field, never _fetched_at
+    masks, own = _own_latest(files, schema, id_time)
+    overlap = dedup.plan(store, source=source, level=level, partition=partition, run_id=run_id, own=own,
+                         time_col=id_time)
+
+    def read(i: int, f: pq.ParquetFile) -> pa.Table:
+        return dedup.drop_own(conform(f.read(), schema).filter(masks[i]), id_time, overlap.own_dropped)
+
+    staged_rows = sum(f.metadata.num_rows for f in files)
     if sum(len(b) for b in blobs) <= sort_budget_bytes:
-        table = pa.concat_tables([conform(f.read(), schema) for f in files])
+        table = pa.concat_tables([read(i, f) for i, f in enumerate(files)])
         del files, blobs
         if table.num_rows > 1 and tcol in table.column_names:
             table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
         tables = iter([table])
     else:  # too big to sort at once: each staging file sorted, in key order
         def sorted_tables():
-            for f in files:
-                t = conform(f.read(), schema)
+            for i, f in enumerate(files):
+                t = read(i, f)
                 if t.num_rows > 1 and tcol in t.column_names:
                     t = t.take(pc.sort_indices(t, sort_keys=[(tcol, "ascending")]))
                 yield t
@@ -140,7 +151,7 @@ def compact_partition(
     # a previous attempt may have produced more files: remove the extra ones and their index items
     new_keys = {w["key"] for w in written}
     prefix = layout.processed_prefix(source, level, partition) + f"{run_id}-"
-    stale_objects = [k for k, _ in store.list(prefix) if k not in new_keys]
+    stale_objects = [k for k, _ in store.list(prefix) if k not in new_keys and dedup.own_file(k, run_id)]
     stale_entries = []
     if index is not None:
         index.put_files(written)
@@ -148,12 +159,78 @@ def compact_partition(
                          if f["partition"] == partition and f["key"] not in new_keys]
         index.remove_files(stale_entries)
     store.delete(stale_objects)
+    # then the other runs' files lose the records this run has (after its own files are written: never lost)
+    for key, (kept, _n) in overlap.others.items():
+        _rewrite(store, index, key, kept, tcol, row_group_rows)
+    duplicates = {"own": staged_rows - sum(w["rows"] for w in written), "others": overlap.dropped_from_others}
+    duplicates = _record_duplicates(store, source, run_id, level, partition, duplicates)
     return {
-        "level": level, "partition": partition,
+        "level": level, "partition": partition, "duplicates": duplicates,
         "files": [{k: w[k] for k in ("key", "rows", "bytes", "min_time", "max_time")} for w in written],
         "rows": sum(w["rows"] for w in written), "bytes": sum(w["bytes"] for w in written),
         "removed": sorted(set(stale_objects) | {e["key"] for e in stale_entries}),
     }
+
+
+def _own_latest(files: list[pq.ParquetFile], schema: pa.Schema, tcol: str | None):
+    """Per staging file, the mask of the rows that are the latest copy of their record within the run, and
+    {identity: fetched} of the run's records. Reads only the identity columns (the content when there are none)."""
+    id_cols = [c for c in schema.names if c.startswith("_lineage__") or c in (dedup.KEY, dedup.FETCHED, tcol)]
+    by_content = dedup.KEY not in schema.names and (tcol is None or tcol not in schema.names)
+    winners: dict[str, tuple[int, int, int]] = {}
+    for n, f in enumerate(files):
+        cols = None if by_content else [c for c in id_cols if c in f.schema_arrow.names]
+        t = conform(f.read(columns=cols), schema) if by_content else f.read(columns=cols)
+        for i, (rid, when) in enumerate(zip(dedup.record_ids(t, tcol), dedup.fetched(t))):
+            best = winners.get(rid)
+            if best is None or when >= best[2]:
+                winners[rid] = (n, i, when)
+    keep = [[False] * f.metadata.num_rows for f in files]
+    for n, i, _ in winners.values():
+        keep[n][i] = True
+    return [pa.array(k, pa.bool_()) for k in keep], {rid: w for rid, (_, _, w) in winners.items()}
+
+
+def _rewrite(store: Store, index: FileIndex | None, key: str, table: pa.Table, tcol: str | None,
+             row_group_rows: int) -> None:
+    """Another run's file without the records a newer run has: the same key, its index items replaced."""
+    old = []
+    if index is not None:
+        parts = key.split("/")  # processed/{source}/{level}/{partition}/{run_id}-{n}.parquet
+        run_id = parts[-1].rsplit("-", 1)[0]
+        old = [f for f in index.files_for_run(parts[1], parts[2], run_id) if f["key"] == key]
+    if table.num_rows == 0:
+        store.delete([key])
+        if index is not None:
+            index.replace_file(old, None)
+        return
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True, row_group_size=row_group_rows)
+    data = sink.getvalue().to_pybytes()
+    store.put(key, data)
+    if index is not None and old:
+        entry = {**old[0], "rows": table.num_rows, "bytes": len(data)}
+        if tcol in table.column_names and pa.types.is_timestamp(table.schema.field(tcol).type):
+            lo, hi = _time_range(table[tcol])
+            unit = table.schema.field(tcol).type.unit
+            entry["min_time"] = iso(from_units(lo, unit)) if lo is not None else None
+            entry["max_time"] = iso(from_units(hi, unit)) if hi is not None else None
+        index.replace_file(old, entry)
+
+
+def _record_duplicates(store: Store, source: str, run_id: str, level: str, partition: str, found: dict) -> dict:
+    """The duplicates a commit dropped, kept beside the run's convert plan. A retry finds the other runs' copies
+    already gone, so what an earlier attempt dropped from them is kept (merged by file)."""
+    key = layout.duplicates_key(source, run_id, level, partition)
+    try:
+        before = json.loads(store.get(key))
+    except Exception:  # noqa: BLE001 - no earlier attempt
+        before = {"others": {}}
+    others = {**before.get("others", {}), **{k: n for k, n in found["others"].items() if n}}
+    report = {"level": level, "partition": partition, "own": found["own"], "others": others,
+              "total": found["own"] + sum(others.values())}
+    store.put(key, json.dumps(report).encode())
+    return report
 
 
 def cleanup_staging(store: Store, *, source: str, run_id: str) -> int:

@@ -131,7 +131,7 @@ def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues, 
             rec = json.loads(line)
             if not isinstance(rec, dict):
                 raise ValueError("not an object")
-            records.append(rec)
+            records.append(_encodable(rec, bad, name, i))
         except ValueError:
             bad.count += 1
             bad.by_field["<line>"] = bad.by_field.get("<line>", 0) + 1
@@ -142,6 +142,21 @@ def _tolerant_read(data: bytes, name: str, explicit: pa.Schema, bad: BadValues, 
         if col not in typed:  # a declared type is applied next: mixed JSON types are expected there
             bad.notes[col] = note
     return table
+
+
+def _encodable(rec: dict, bad: BadValues, name: str, line: int) -> dict:
+    """The record with every field that UTF-8 cannot hold (a lone surrogate such as the vendor's `"\\ud83d"`,
+    valid JSON text) set to null and counted as a bad value; Arrow refuses the whole object otherwise."""
+    for field, value in rec.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            rec[field] = None
+            bad.count += 1
+            bad.by_field[field] = bad.by_field.get(field, 0) + 1
+            if len(bad.entries) < bad.limit:
+                bad.entries.append({"field": field, "value": json.dumps(value)[:200], "key": name, "line": line})
+    return rec
 
 
 def _read_object(blob: bytes, explicit: pa.Schema) -> pa.Table:

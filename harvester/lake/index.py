@@ -68,6 +68,15 @@ class FileIndex:
                 for e in entries for i in self.items_for(e)]
         self._batch(reqs)
 
+    def replace_file(self, old: list[dict], new: dict | None) -> None:
+        """A rewritten file's index items: the new ones put first, then the old ones it no longer has deleted
+        (never a moment without an item for a day the file still covers). `new` None: the file is gone."""
+        fresh = self.items_for(new) if new else []
+        keep = {(i["pk"], i["sk"]) for i in fresh}
+        self._batch([{"PutRequest": {"Item": self._ser(i)}} for i in fresh])
+        self._batch([{"DeleteRequest": {"Key": {"pk": {"S": i["pk"]}, "sk": {"S": i["sk"]}}}}
+                     for e in old for i in self.items_for(e) if (i["pk"], i["sk"]) not in keep])
+
     def _batch(self, requests: list[dict]) -> None:
         for i in range(0, len(requests), 25):
             pending = {self.table: requests[i : i + 25]}

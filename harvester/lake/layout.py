@@ -36,6 +36,15 @@ def reports_prefix(source: str, run_id: str) -> str:
     return f"runs/{source}/{run_id}/convert/reports/"
 
 
+def duplicates_key(source: str, run_id: str, level: str, partition: str) -> str:
+    """What one partition's commit dropped as duplicates (`harvester/lake/dedup.py`)."""
+    return f"runs/{source}/{run_id}/convert/duplicates/{level}/{partition}.json"
+
+
+def duplicates_prefix(source: str, run_id: str) -> str:
+    return f"runs/{source}/{run_id}/convert/duplicates/"
+
+
 def staging_prefix(source: str, run_id: str, level: str | None = None) -> str:
     return f"runs/{source}/{run_id}/staging/" + (f"{level}/" if level else "")
 

@@ -14,10 +14,11 @@ Query (a plain dict, JSON in the state machine):
  "ancestor_keys": {"warriors": "id"}}              # key column of an ancestor (default "_key": its primary key)
 ```
 
-* A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the warrior of the same
-  run whose ``_key`` (its primary key as text, written by the convert stage; files without it: ``id``) equals the
-  point's ``_lineage__warriors``. The worker first aggregates by
-  (lineage key, run), then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
+* A column ``warriors.firmware`` comes from the ancestor level ``warriors``: a point joins the most recently fetched
+  copy of the warrior whose ``_key`` (its primary key as text, written by the convert stage; files without it:
+  ``id``) equals the point's ``_lineage__warriors`` (the lake keeps each record once, so an older run's copy may be
+  gone). The worker first aggregates by
+  lineage key, then joins the small ancestor table and re-aggregates: the join costs per group, not per row.
 * Filters: ``= != < <= > >= in not_in is_null not_null``; SQL semantics (a null never matches a comparison).
 * Aggregates: ``count`` (rows, or non-null values of ``column``), ``sum``, ``min``, ``max``, ``mean``,
   ``share`` = (rows where column == equals) / (rows where column is not null), like
@@ -50,6 +51,7 @@ from .timeutil import iso, parse_instant, to_units
 AGG_OPS = {"count", "sum", "min", "max", "mean", "share"}
 FILTER_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null"}
 RUN = "_run_id"
+FETCHED = "_fetched_at"
 _MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "eqsum": "sum", "min": "min", "max": "max"}
 
 
@@ -170,8 +172,11 @@ def plan_query(
     *,
     max_task_bytes: int = 512 * 1024 * 1024,
     max_task_files: int = 32,
+    store: Store | None = None,
 ) -> dict:
-    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; ancestor files by run."""
+    """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; every file of each ancestor
+    level. With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their
+    level first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
     q = normalize_query(query)
     if q["start"] is None and q["end"] is None:
         files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
@@ -179,10 +184,11 @@ def plan_query(
         files = index.lookup(q["source"], q["level"], q["start"], q["end"])
     keep = ("key", "rows", "bytes", "min_time", "max_time", "time_column", "run_id", "partition")
     files = [{k: f.get(k) for k in keep} for f in sorted(files, key=lambda f: f["key"])]
-    runs = sorted({f["run_id"] for f in files})
     ancestors = {}
     for level in _ancestor_levels(q):
-        ancestors[level] = sorted(f["key"] for f in index.files_for_run(q["source"], level) if f["run_id"] in runs)
+        # a record's ancestor is the latest copy of its key, whichever run fetched it (the lake keeps each
+        # record once: an older run's copy may be gone)
+        ancestors[level] = sorted(f["key"] for f in index.files_for_run(q["source"], level))
     tasks, cur, cur_bytes = [], [], 0
     for f in files:
         if cur and (cur_bytes + f["bytes"] > max_task_bytes or len(cur) >= max_task_files):
@@ -192,11 +198,79 @@ def plan_query(
         cur_bytes += f["bytes"]
     if cur:
         tasks.append(cur)
+    if store is not None and files:
+        wanted = {q["level"]: files[-1]["key"], **{lv: keys[-1] for lv, keys in ancestors.items() if keys}}
+        check_types(q, {lv: schema for lv, key in wanted.items() if (schema := _schema(store, key)) is not None})
     return {
         "query_id": q["query_id"], "query": q,
         "tasks": [{"task": i, "files": t, "ancestors": ancestors} for i, t in enumerate(tasks)],
         "files": len(files), "bytes": sum(f["bytes"] for f in files), "rows": sum(f["rows"] for f in files),
     }
+
+
+def _schema(store: Store, key: str) -> pa.Schema | None:
+    """A file's schema, or None when it cannot be read (gone, damaged): the workers then report that file."""
+    try:
+        return pq.read_schema(pa.BufferReader(store.get(key)))
+    except Exception:  # noqa: BLE001 - the type check is a courtesy; reading the files is the workers' job
+        return None
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "time"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    return "other"
+
+
+def _fits(kind: str, value) -> bool:
+    if value is None or kind == "other":
+        return True
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "time":
+        try:
+            return isinstance(value, str) and parse_instant(value) is not None
+        except ValueError:
+            return False
+    return isinstance(value, str)  # text: a number compared with text is a mismatch (quote it to mean text)
+
+
+def check_types(q: dict, schemas: dict[str, pa.Schema]) -> None:
+    """Every filter value and aggregate against its column's type in `schemas` (level -> schema): a QueryError
+    naming the column, its type and the value, before any worker runs."""
+    problems = []
+    for f in q["filters"]:
+        schema = schemas.get(f["level"] or q["level"])
+        if schema is None or f["column"] not in schema.names or f["op"] in ("is_null", "not_null"):
+            continue
+        typ = schema.field(f["column"]).type
+        values = f["value"] if isinstance(f.get("value"), list) else [f.get("value")]
+        for v in values:
+            if not _fits(_kind(typ), v):
+                problems.append(f"filter {f['name']} {f['op']} {v!r}: column {f['name']} is {typ}, "
+                                f"{v!r} is {type(v).__name__}")
+    for p in q["parts"]:
+        column = p.get("column")
+        schema = schemas.get(q["level"])
+        if not column or schema is None or column not in schema.names:
+            continue
+        typ = schema.field(column).type
+        if p["kind"] in ("sum",) and _kind(typ) != "number":
+            problems.append(f"aggregate sum/mean of {column}: column {column} is {typ}, not a number")
+        if p["kind"] == "eqsum" and p.get("equals") is not None and not _fits(_kind(typ), p["equals"]):
+            problems.append(f"aggregate share of {column}={p['equals']!r}: column {column} is {typ}")
+    if problems:
+        raise QueryError("; ".join(problems[:5]))
 
 
 # ---------------------------------------------------------------- worker
@@ -399,24 +473,28 @@ def _load_ancestor(store: Store, level: str, keys: list[str], key_field: str, co
             source_key = "id"
         elif key_field not in names:
             raise QueryError(f"level {level}: file {k} has no key column {key_field!r} (ancestor_keys)")
-        want = [c for c in dict.fromkeys([RUN, source_key] + columns) if c in names]
+        want = [c for c in dict.fromkeys([FETCHED, source_key] + columns) if c in names]
         t = pf.read(columns=want)
         if source_key != key_field:
             t = t.rename_columns([key_field if c == source_key else c for c in t.column_names])
-        for c in [key_field, RUN] + columns:
+        for c in [key_field] + columns:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        if FETCHED not in t.column_names:
+            t = t.append_column(FETCHED, pa.nulls(t.num_rows, pa.timestamp("us", tz="UTC")))
         tables.append(t)
     if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys([RUN, key_field] + columns)})
+        return pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys([key_field] + columns)})
     t = _concat(tables)
-    # one row per (run, key): a key listed twice by the vendor must not double-count
-    rest = [c for c in columns if c not in (RUN, key_field)]
+    # one row per key, the most recently fetched copy: a key in several runs' files must not double-count
+    t = t.take(pc.sort_indices(t, sort_keys=[(FETCHED, "descending")]))
+    rest = [c for c in columns if c != key_field]
     if rest:
-        t = t.group_by([RUN, key_field], use_threads=False).aggregate([(c, "first") for c in rest])
-        t = t.rename_columns([RUN, key_field] + rest if t.column_names[:2] == [RUN, key_field] else rest + [RUN, key_field])
+        t = t.group_by([key_field], use_threads=False).aggregate([(c, "first") for c in rest])
+        t = t.rename_columns([c.removesuffix("_first") for c in t.column_names])
+        t = t.select([key_field] + rest)
     else:
-        t = t.group_by([RUN, key_field]).aggregate([]).select([RUN, key_field])
+        t = t.group_by([key_field]).aggregate([]).select([key_field])
     return t
 
 
@@ -433,7 +511,7 @@ def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | N
     own_keys = [g["column"] for g in q["group_by"] if not g["level"]]
     own_filters = [f for f in q["filters"] if not f["level"]]
     anc_filters = [f for f in q["filters"] if f["level"]]
-    link_keys = [lineage_column(lv) for lv in anc] + ([RUN] if anc else [])
+    link_keys = [lineage_column(lv) for lv in anc]
     first_keys = list(dict.fromkeys(own_keys + link_keys))
     columns = list(dict.fromkeys(first_keys + [f["column"] for f in own_filters] + [p["column"] for p in parts if p["column"]]))
     stats = {"files": 0, "bytes": 0, "row_groups": 0, "row_groups_read": 0, "rows_scanned": 0, "rows_matched": 0}
@@ -480,12 +558,12 @@ def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | N
                                       [f["column"] for f in anc_filters if f["level"] == level]))
             at = _load_ancestor(store, level, task.get("ancestors", {}).get(level, []), key_field, cols)
             lk = lineage_column(level)
-            akey, arun = f"__key_{level}", f"__run_{level}"
-            at = at.rename_columns([{RUN: arun, key_field: akey}.get(c, f"{level}.{c}") for c in at.column_names])
+            akey = f"__key_{level}"
+            at = at.rename_columns([akey if c == key_field else f"{level}.{c}" for c in at.column_names])
             # join on text keys: the lineage holds the key as the vendor wrote it, the ancestor column may be typed
             at = at.set_column(at.schema.get_field_index(akey), akey, _as_text(at[akey]))
             agg = agg.set_column(agg.schema.get_field_index(lk), lk, _as_text(agg[lk]))
-            agg = agg.join(at, keys=[lk, RUN], right_keys=[akey, arun], join_type="left outer", use_threads=True)
+            agg = agg.join(at, keys=[lk], right_keys=[akey], join_type="left outer", use_threads=True)
         if anc_filters:
             agg = agg.filter(_mask(agg, anc_filters))
         agg = _aggregate(agg, out_names, parts, merge=True)
@@ -634,7 +712,7 @@ def format_table(result: dict, max_rows: int = 50) -> str:
 
 def run_query(store: Store, index: FileIndex, query: dict, *, write: bool = True, **plan_kw) -> dict:
     """The whole query in one process (local engine, tests): plan, every task, reduce, write."""
-    plan = plan_query(index, query, **plan_kw)
+    plan = plan_query(index, query, store=store, **plan_kw)
     partials = [partial_aggregate(store, t, plan["query"]) for t in plan["tasks"]]
     result = reduce_partials(partials, plan["query"])
     result["stats"]["tasks"] = len(plan["tasks"])

@@ -47,13 +47,18 @@ def run_demo(args) -> int:
         truth = vendor.data.counts()
         print(f"simulated vendor on {vendor.url}: {truth} records, limit {vendor.config.rate} r/s "
               f"(burst {vendor.config.burst}), latency {args.latency_ms} ms", file=sys.stderr, flush=True)
-        run, desc, seconds = execute(spec, args.spec, {"source": spec.name}, args.state, timeout=args.timeout, audit=False,
-                                     processes=args.processes, iam=not args.no_iam)
-        stats = vendor.stats()
         data = vendor.data
         start = data.config.start
         end = start + timedelta(seconds=data.config.interval_seconds * max(
             [data.point_count(g) for g in data.ids("datagroups")] or [0]))
+        # the demo spec's points level has a daily window; the demo harvests the vendor's whole history as a
+        # backfill of that window (repeatable: a backfill never moves the daily bookmark)
+        execution_input = {"source": spec.name}
+        if spec.window_level is not None:
+            execution_input["window"] = {"start": start.isoformat(), "end": end.isoformat()}
+        run, desc, seconds = execute(spec, args.spec, execution_input, args.state, timeout=args.timeout, audit=False,
+                                     processes=args.processes, iam=not args.no_iam)
+        stats = vendor.stats()
     if run is None:
         return 1
     found = audit(args.state / "bucket", spec, run["run_id"])

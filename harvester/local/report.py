@@ -59,7 +59,8 @@ class Progress:
         batches = self.ledger.batches(self.spec.name, self.run_id)
         per_level: dict[int, list[dict]] = {}
         for b in batches:
-            per_level.setdefault(int(b["level"]), []).append(b)
+            # an item "Record batch failure" wrote for a batch that crashed first has no `level`: it is in the sk
+            per_level.setdefault(int(b.get("level", str(b.get("sk", "BATCH#-1#")).split("#")[1])), []).append(b)
         parts = []
         for i, level in enumerate(self.spec.levels):
             seen = per_level.get(i, [])  # ended batches, and running ones with their figures so far
@@ -78,11 +79,15 @@ class Progress:
         )
 
 
-def summary_lines(run: dict[str, Any] | None, spec: SourceSpec, seconds: float, output: Path, audit_result=None) -> list[str]:
+def summary_lines(run: dict[str, Any] | None, spec: SourceSpec, seconds: float, output: Path, audit_result=None,
+                  execution_error: str | None = None) -> list[str]:
     if run is None:
         return ["no run item in the ledger (the run was refused before it started)"]
+    status = run.get("status")
+    if status == "FAILED" and execution_error == "Harvest.Incomplete":
+        status = "INCOMPLETE (failed batches: resume it)"  # the run item says FAILED; the workflow ended on purpose
     lines = [
-        f"run {run['run_id']} of {run['source']}: {run.get('status')} in {seconds:.1f} s (attempt {run.get('attempt', 1)})",
+        f"run {run['run_id']} of {run['source']}: {status} in {seconds:.1f} s (attempt {run.get('attempt', 1)})",
         f"{'level':<14}{'parents':>9}{'calls':>9}{'records':>10}{'429s':>7}{'failed':>8}" + ("  dup" if audit_result else ""),
     ]
     totals = run.get("totals", {})

@@ -12,7 +12,9 @@ costs almost nothing until a client asks for its points.
 from __future__ import annotations
 
 import random
-from bisect import bisect_left
+import re
+import threading
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -73,6 +75,16 @@ def parse_iso(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def parse_time(text: str) -> datetime:
+    """A time as a window filter may send it: ISO-8601 (offset, `Z` or none = UTC), a date (`2026-01-02`, midnight
+    UTC), or a number of seconds (below 1e11) or milliseconds since the epoch. Raises ValueError."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        number = float(text)
+        return datetime.fromtimestamp(number if abs(number) < 1e11 else number / 1000, UTC)
+    return parse_iso(text)
+
+
 def _vary(rng: random.Random, nominal: int, variation: float) -> int:
     """A child count near ``nominal``: within +/- variation, never below 0 (or 1 if nominal > 0)."""
     spread = int(round(nominal * variation))
@@ -101,6 +113,33 @@ class VendorData:
             for k in range(max(self._point_counts.values(), default=0))
         ]
         self._points_cached = lru_cache(maxsize=256)(self._generate_points)
+        self._clock: datetime | None = None
+        self._clock_lock = threading.Lock()
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime | None:
+        """The vendor's clock: only points whose time is before it exist (None: no clock, every point exists)."""
+        return self._clock
+
+    def set_clock(self, now: datetime | None) -> None:
+        if now is not None and now.tzinfo is None:
+            raise ValueError("the clock must be timezone-aware (UTC)")
+        with self._clock_lock:
+            self._clock = now
+
+    def advance_clock(self, delta: timedelta) -> datetime:
+        """Move the clock on (from the data's start when it was not set); returns the new time."""
+        with self._clock_lock:
+            self._clock = (self._clock or self.config.start) + delta
+            return self._clock
+
+    def _visible(self, datagroup_id: str) -> int:
+        """How many of a datagroup's points exist at the clock's time (they appear in time order)."""
+        n = self._point_counts.get(datagroup_id, 0)
+        clock = self._clock
+        return n if clock is None else bisect_left(self._timestamps, iso(clock), 0, n)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -171,12 +210,12 @@ class VendorData:
             "troops": len(self._troops),
             "warriors": len(self._warriors),
             "datagroups": len(self._datagroups),
-            "points": sum(self._point_counts.values()),
+            "points": sum(self._visible(g) for g in self._point_counts),
         }
 
     def point_count(self, datagroup_id: str) -> int:
-        """Number of points of one datagroup (without generating them); 0 for an unknown id."""
-        return self._point_counts.get(datagroup_id, 0)
+        """Number of points of one datagroup at the clock's time (without generating them); 0 for an unknown id."""
+        return self._visible(datagroup_id)
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -210,24 +249,29 @@ class VendorData:
             return [dict(r) for r in self._datagroups]
         return [dict(self._by_id[i]) for i in self._children.get(warrior_id, [])] if self.warrior(warrior_id) else []
 
-    def points(self, datagroup_id: str, start: datetime | None = None, end: datetime | None = None) -> list[Record]:
-        """Points of one datagroup, optionally only ``start <= ts < end`` (empty for an unknown id)."""
+    def points(self, datagroup_id: str, start: datetime | None = None, end: datetime | None = None,
+               since: datetime | None = None) -> list[Record]:
+        """Points of one datagroup that exist at the clock's time, optionally only ``start <= ts < end`` and
+        ``ts > since`` (empty for an unknown id)."""
         if datagroup_id not in self._point_counts:
             return []
-        points = self._points_cached(datagroup_id)
-        lo = bisect_left(self._timestamps, iso(start), 0, len(points)) if start else 0
-        hi = bisect_left(self._timestamps, iso(end), 0, len(points)) if end else len(points)
+        points = self._points_cached(datagroup_id)[: self._visible(datagroup_id)]
+        n = len(points)
+        lo = bisect_left(self._timestamps, iso(start), 0, n) if start else 0
+        if since:
+            lo = max(lo, bisect_right(self._timestamps, iso(since), 0, n))
+        hi = bisect_left(self._timestamps, iso(end), 0, n) if end else n
         return [dict(p) for p in points[lo:hi]]
 
     def iter_points(self) -> Iterator[tuple[str, Record]]:
         """Every point of every datagroup as ``(datagroup_id, point)``, generated lazily."""
         for group in self._datagroups:
-            for point in self._generate_points(group["id"]):
+            for point in self._generate_points(group["id"])[: self._visible(group["id"])]:
                 yield group["id"], dict(point)
 
     def point_keys(self) -> set[tuple[str, str]]:
         """The set of every point's key ``(datagroup_id, ts)``: what a harvest must contain."""
-        return {(gid, self._timestamps[k]) for gid, n in self._point_counts.items() for k in range(n)}
+        return {(gid, self._timestamps[k]) for gid in self._point_counts for k in range(self._visible(gid))}
 
     def ids(self, level: str) -> list[str]:
         """Ids of one level ("troops", "warriors" or "datagroups"), in order."""
@@ -235,4 +279,4 @@ class VendorData:
         return [r["id"] for r in source]
 
 
-__all__ = ["DataConfig", "VendorData", "Record", "iso", "parse_iso", "FIRMWARES", "KINDS"]
+__all__ = ["DataConfig", "VendorData", "Record", "iso", "parse_iso", "parse_time", "FIRMWARES", "KINDS"]

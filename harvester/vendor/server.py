@@ -32,11 +32,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from .data import DataConfig, VendorData, parse_iso
+from .data import DataConfig, VendorData, iso, parse_time
 from .faults import FaultConfig, FaultPlan, FaultRule
 from .paging import STYLES, PageError, paginate
 
@@ -307,6 +308,8 @@ class VendorApp:
         r.add_get("/_admin/config", self._get_config)
         r.add_post("/_admin/config", self._post_config)
         r.add_get("/_admin/counts", self._get_counts)
+        r.add_get("/_admin/clock", self._get_clock)
+        r.add_post("/_admin/clock", self._post_clock)
         return app
 
     @web.middleware
@@ -468,12 +471,13 @@ class VendorApp:
         group_id = request.match_info["datagroup_id"]
         if self.data.datagroup(group_id) is None:
             return _Answer(response=_error(404, "not_found", f"datagroup {group_id} not found"))
-        try:
-            start = parse_iso(request.query["from"]) if request.query.get("from") else None
-            end = parse_iso(request.query["to"]) if request.query.get("to") else None
+        try:  # a window's filters in any format a spec can send: ISO-8601, a date, epoch seconds or ms
+            start, end, since = (parse_time(request.query[name]) if request.query.get(name) else None
+                                 for name in ("from", "to", "since"))
         except ValueError as exc:
-            return _Answer(response=_error(400, "bad_request", f"from/to must be ISO-8601: {exc}"))
-        return self._page(request, "points", self.data.points(group_id, start, end))
+            return _Answer(response=_error(
+                400, "bad_request", f"from/to/since must be ISO-8601, a date or epoch seconds/ms: {exc}"))
+        return self._page(request, "points", self.data.points(group_id, start, end, since))
 
     # -- admin --------------------------------------------------------------------------------------
 
@@ -514,6 +518,22 @@ class VendorApp:
         except (TypeError, ValueError) as exc:
             return _error(400, "bad_request", str(exc))
         return web.json_response(self.config.to_dict())
+
+    async def _get_clock(self, request: web.Request) -> web.Response:
+        now = self.data.now
+        return web.json_response({"now": iso(now) if now else None})
+
+    async def _post_clock(self, request: web.Request) -> web.Response:
+        """``{"now": ISO}`` sets the clock, ``{"advance_seconds": n}`` moves it on, ``{"now": null}`` removes it."""
+        payload = await _json_body(request)
+        try:
+            if "advance_seconds" in payload:
+                self.data.advance_clock(timedelta(seconds=float(payload["advance_seconds"])))
+            elif "now" in payload:
+                self.data.set_clock(parse_time(payload["now"]) if payload["now"] else None)
+        except (TypeError, ValueError) as exc:
+            return _error(400, "bad_request", str(exc))
+        return await self._get_clock(request)
 
     async def _get_counts(self, request: web.Request) -> web.Response:
         return web.json_response(self.data.counts())
@@ -719,6 +739,14 @@ class VendorServer:
         """Every /v1 request is a 503 for ``seconds`` from now (keeps the rules in force)."""
         current = self.vendor.plan.config
         self.set_faults(replace(current, outage_seconds=seconds))
+
+    def set_clock(self, now: datetime | None) -> None:
+        """Points whose time is before ``now`` exist from now on (None: every point exists)."""
+        self.vendor.data.set_clock(now)
+
+    def advance_clock(self, delta: timedelta) -> datetime:
+        """The vendor's clock moves on by ``delta``: the points of that time appear."""
+        return self.vendor.data.advance_clock(delta)
 
     def configure(self, **changes: Any) -> VendorConfig:
         """Change behaviour while running (rate, burst, latency_ms, retry_after, pagination, auth, ...)."""

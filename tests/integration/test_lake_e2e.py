@@ -95,8 +95,9 @@ def uptime_sql(paths, start: str, end: str, where: str = "", group: str = "w.fir
     return f"""
         SELECT {group} AS g, count(*) AS n, avg((p.status = 'up')::INT) AS uptime
         FROM {table(paths, 'points')} p
-        LEFT JOIN (SELECT DISTINCT ON (_run_id, id) * FROM {table(paths, "warriors")}) w
-          ON w.id = p._lineage__warriors AND w._run_id = p._run_id
+        LEFT JOIN (SELECT * FROM {table(paths, "warriors")}
+                   QUALIFY row_number() OVER (PARTITION BY id ORDER BY _fetched_at DESC) = 1) w
+          ON w.id = p._lineage__warriors
         WHERE p.ts >= TIMESTAMPTZ '{start}' AND p.ts < TIMESTAMPTZ '{end}' {where}
         GROUP BY ALL ORDER BY g NULLS LAST"""
 
@@ -118,7 +119,7 @@ def test_harvest_converts_exactly_the_harvest_and_queries_equal_duckdb_across_a_
                if "stateEnteredEventDetails" in e]
     assert entered[entered.index("Plan conversion"):] == [
         "Plan conversion", "Convert raw", "Plan compaction", "Compact partitions", "Record lake counts",
-        "Any failed batches?", "Record run success", "Harvest complete"]
+        "Any failed batches?", "Record run success", "Daily window?", "Harvest complete"]
     assert json.loads(desc["output"])["lake"]["levels"]["points"]["rows"] == vendor.data.counts()["points"]
 
     paths = download_lake(engine, spec.name, tmp_path / "lake1")
@@ -165,25 +166,32 @@ def test_harvest_converts_exactly_the_harvest_and_queries_equal_duckdb_across_a_
     entered = [e["stateEnteredEventDetails"]["name"] for e in engine.history(arn) if "stateEnteredEventDetails" in e]
     assert entered == ["Plan query"]
 
-    # a second run: the vendor added a field to warriors and to points; the schema widens, nothing fails
+    # a second run: the vendor added a field to warriors and to points, and its points are a day later; the schema
+    # widens, nothing fails; the troops, warriors and datagroups it lists again are kept once, its copy
     vendor.stop()
-    wider = vendor_factory(data=WiderVendorData(**{k: v for k, v in VENDOR.items() if k not in ("rate", "burst")}),
+    later = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    wider = vendor_factory(data=WiderVendorData(start=later, **{k: v for k, v in VENDOR.items() if k not in ("rate", "burst")}),
                            rate=1000, burst=50)
     write_spec(tmp_path, wider, demo_levels(), name="lake")
     engine.add(tmp_path / "lake.yaml")
     desc = engine.run({"source": spec.name, "run_id": "r2"}, timeout=300)
     assert desc["status"] == "SUCCEEDED", desc.get("cause")
     paths = download_lake(engine, spec.name, tmp_path / "lake2")
-    check_lake(engine, spec, "r2", paths)
-    check_lake(engine, spec, "r1", paths)
+    r2 = check_lake(engine, spec, "r2", paths)
+    upper = sum(len(vendor.data.ids(level)) for level in LEVELS[:3])
+    overlap = sum(len(vendor.data.points(g, start=later)) for g in vendor.data.ids("datagroups"))
+    assert overlap > 0 and r2["lake"]["duplicates_dropped"] == upper + overlap  # r1's copies of what r2 fetched again
+    rows_r1 = con.execute(f"SELECT _level, count(*) FROM read_parquet({[p for ps in paths.values() for p in ps]!r}, "
+                          "union_by_name = true) WHERE _run_id = 'r1' GROUP BY ALL").fetchall()
+    assert rows_r1 == [("points", vendor.data.counts()["points"] - overlap)]
     r2_files = [p for p in paths["points"] if "/r2-" in p]
     r1_files = [p for p in paths["points"] if "/r1-" in p]
     assert "quality" in [d[0] for d in con.execute(f"SELECT * FROM read_parquet('{r2_files[0]}') LIMIT 0").description]
     assert "quality" not in [d[0] for d in con.execute(f"SELECT * FROM read_parquet('{r1_files[0]}') LIMIT 0").description]
 
-    start, end = "2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z"
+    start, end = "2026-01-01T00:00:00Z", "2026-01-04T00:00:00Z"
     for group, filters, where in [
-        ("warriors.firmware", [], ""),  # both runs, joined to their own run's warriors
+        ("warriors.firmware", [], ""),  # both runs' points, joined to the warriors' latest copy
         ("quality", [], ""),  # only in run 2: run 1's points group under null
         ("warriors.hw_rev", [{"column": "quality", "op": "=", "value": "good"}], "AND p.quality = 'good'"),
     ]:
@@ -193,7 +201,7 @@ def test_harvest_converts_exactly_the_harvest_and_queries_equal_duckdb_across_a_
         expected = con.execute(uptime_sql(paths, start, end, where, group=sql_group)).fetchall()
         assert_same(result, expected)
     total = sum(r[1] for r in engine.query(uptime_query(spec.name, start, end), timeout=120)[1]["rows"])
-    assert total == 2 * vendor.data.counts()["points"]
+    assert total == vendor.data.counts()["points"] + wider.data.counts()["points"] - overlap  # each point once
 
 
 def test_run_with_failed_batches_converts_what_was_harvested_then_ends_incomplete(vendor_factory, engine, tmp_path):

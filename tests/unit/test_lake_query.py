@@ -69,7 +69,10 @@ def duckdb_answer(q: dict, paths: dict) -> list[list]:
     joins = []
     for lv in sorted({r["level"] for r in nq["group_by"] + nq["filters"] if r["level"]}):
         con.execute(f"CREATE VIEW {lv} AS SELECT * FROM read_parquet({paths[lv]!r}, union_by_name=true)")
-        joins.append(f"LEFT JOIN {lv} ON p._lineage__{lv} = {lv}.id AND p._run_id = {lv}._run_id")
+        # the lake keeps each record once: a row's ancestor is the latest fetched copy of its key
+        con.execute(f"CREATE VIEW {lv}_latest AS SELECT * FROM {lv} "
+                    f"QUALIFY row_number() OVER (PARTITION BY id ORDER BY _fetched_at DESC) = 1")
+        joins.append(f"LEFT JOIN {lv}_latest {lv} ON p._lineage__{lv} = {lv}.id")
 
     def ref(r):
         return f'{r["level"]}.{r["column"]}' if r["level"] else f'p.{r["column"]}'
@@ -219,7 +222,8 @@ def test_ancestor_columns_join_on_the_levels_primary_key():
                            **meta("issues", {"orgs": owner, "repos": f"{owner},{name}"})})
         write_raw(store, "gh", "r1", {"orgs": orgs, "repos": repos, "issues": issues})
         levels = {"orgs": {"primary_key": ["login"]}, "repos": {"primary_key": ["owner", "name"]},
-                  "issues": {"time_field": "created_at"}}
+                  # an issue's number is unique per repository (the lineage): several open in the same hour
+                  "issues": {"time_field": "created_at", "primary_key": ["number"]}}
         convert_run(store, index, source="gh", run_id="r1", levels=levels)
 
         by_org = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["orgs.login"],
@@ -231,3 +235,21 @@ def test_ancestor_columns_join_on_the_levels_primary_key():
         by_repo = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["repos.name", "repos.stars"],
                                            "aggregates": [{"op": "count"}]}, write=False)
         assert sorted(by_repo["rows"]) == [["api", 1, 10], ["api", 5, 10], ["web", 7, 10]]
+
+
+@pytest.mark.parametrize("query, words", [
+    ({"filters": [{"column": "status", "op": ">", "value": 5}]}, ["status", "string", "5"]),
+    ({"filters": [{"column": "value", "op": "=", "value": "high"}]}, ["value", "double", "high"]),
+    ({"aggregates": [{"op": "sum", "column": "status"}]}, ["sum", "status", "string"]),
+    ({"aggregates": [{"op": "mean", "column": "status"}]}, ["mean", "status", "string"]),
+    ({"filters": [{"column": "warriors.firmware", "op": "<", "value": 2}]}, ["warriors.firmware", "string"]),
+])
+def test_a_type_mismatch_is_a_query_error_naming_the_column(lake, query, words):
+    """A filter or aggregate whose value cannot compare with the column's type failed inside the Map's workers
+    and the user read `States.ExceedToleratedFailureThreshold`; the plan step checks the types against the files'
+    schemas and names the column, its type and the value."""
+    store, index, _ = lake
+    with pytest.raises(QueryError) as err:
+        plan_query(index, {"source": "demo", "level": "points", **query}, store=store)
+    for word in words:
+        assert word in str(err.value), str(err.value)

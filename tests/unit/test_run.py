@@ -36,7 +36,8 @@ START = "2026-03-04T05:06:07.123Z"
 # parse_input
 # ---------------------------------------------------------------------------------------------------------------
 def test_parse_input_accepts_the_three_forms():
-    assert parse_input({"source": "demo"}).model_dump() == {"source": "demo", "run_id": None, "resume": None}
+    assert parse_input({"source": "demo"}).model_dump() == {"source": "demo", "run_id": None, "resume": None,
+                                                            "window": None, "as_of": None}
     assert parse_input({"source": "demo", "run_id": "nightly-2026.03_04"}).run_id == "nightly-2026.03_04"
     assert parse_input({"source": "demo", "resume": "r1"}).resume == "r1"
 

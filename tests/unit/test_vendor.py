@@ -547,3 +547,33 @@ def test_faults_over_http_admin(vendor: VendorServer) -> None:
         assert client.get("/v1/troops").status_code == 200
     stats = httpx.get(f"{vendor.url}/_stats").json()
     assert stats["faults"] == {"server_error": 1, "outage": 1} and stats["served"] == 1
+
+
+def test_the_clock_makes_points_appear_over_days_and_windows_filter_them_in_every_format() -> None:
+    """Item 7 of issue 12: points spread over days, new ones appear as the clock advances, and the points
+    endpoint honours from/to (ISO with an offset, a date, epoch seconds, epoch ms) and since."""
+    opts = dict(SMALL, points_per_datagroup=96, interval_seconds=3600, variation=0)
+    with VendorServer(**opts, page_size=200, max_page_size=500) as v, client_for(v) as client:
+        start = v.data.config.start  # 2026-01-01T00:00Z; 96 hourly points = four days
+        v.set_clock(start + timedelta(days=1))
+        day1 = client.get("/v1/datagroups/g000001/points").json()
+        assert len(day1) == 24 and day1[-1]["ts"] == "2026-01-01T23:00:00Z"
+        assert v.data.counts()["points"] == 24 * 12 == len(v.data.point_keys())
+        v.advance_clock(timedelta(hours=12))
+        assert len(client.get("/v1/datagroups/g000001/points").json()) == 36
+        assert client.get("/_admin/clock").json() == {"now": "2026-01-02T12:00:00Z"}
+        assert client.post("/_admin/clock", json={"advance_seconds": 43200}).json() == {"now": "2026-01-03T00:00:00Z"}
+
+        def ts(**params):
+            return [p["ts"] for p in client.get("/v1/datagroups/g000001/points", params=params).json()]
+
+        window = [f"2026-01-01T{h:02d}:00:00Z" for h in range(6, 24)] + ["2026-01-02T00:00:00Z", "2026-01-02T01:00:00Z"]
+        assert ts(**{"from": "2026-01-01T08:00:00+02:00", "to": "2026-01-02T02:00:00Z"}) == window
+        assert ts(**{"from": "2026-01-01T06:00:00Z", "to": "1767319200"}) == window  # epoch seconds
+        assert ts(**{"from": "1767247200000", "to": "1767319200000"}) == window  # epoch ms
+        assert len(ts(**{"from": "2026-01-02", "to": "2026-01-03"})) == 24  # dates
+        assert ts(since="2026-01-02T22:00:00Z") == ["2026-01-02T23:00:00Z"]  # exclusive
+        assert ts(**{"from": "2026-01-03"}) == []  # the clock's time: nothing yet
+        v.set_clock(None)
+        assert len(ts()) == 96
+        assert client.get("/v1/datagroups/g000001/points", params={"since": "soon"}).status_code == 400

@@ -246,14 +246,16 @@ def test_a_permanent_404_fails_the_batch_and_a_resume_fetches_only_that_parent(v
     assert ids(records) == ids(vendor.data.warriors()) and len(records) == 15
 
 
-def test_an_auth_failure_stops_the_batch(vendor, aws):
+def test_an_auth_failure_on_the_first_parents_in_a_row_stops_the_batch(vendor, aws):
+    """A wrong credential fails every parent: after AUTH_STOP (3) in a row with no good page the batch stops (one
+    forbidden parent among good ones does not: tests/unit/test_misbehaving.py)."""
     store, ledger = aws
     spec = make_spec(vendor, max_in_flight=1)
     with pytest.raises(BatchFailed) as info:
         asyncio.run(harvest_batch(spec, make_run(), 1, troop_batch(vendor), store=aws[0], ledger=aws[1],
                                   limiter=limiter_for(SOURCE, None, 0), secret="wrong", time_budget=60))
     assert "check the credential" in str(info.value) and "5 parents left for a resume" in str(info.value)
-    assert vendor.stats().unauthorized == 1  # the other parents were not tried
+    assert vendor.stats().unauthorized == 3  # the other two parents were not tried
     assert ledger.get_batch(SOURCE, "r1", 1, "b1")["status"] == "FAILED"
     assert store.list_keys("raw/") == []
 
