@@ -11,11 +11,13 @@ import threading
 
 import boto3
 
+from harvester import metering
 from harvester.ledger import Ledger
 from harvester.spec import SourceSpec, find_spec, parse_spec
 from harvester.storage import Store
 
 _local = threading.local()
+metering.install()  # before any client is made: clients carry the hooks of the session they were made from
 
 
 def setting(name: str) -> str:

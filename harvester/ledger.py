@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any, Iterator
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 
 #: the table's key schema, shared by the CDK stack and the local engine
 PARTITION_KEY = "pk"
@@ -99,6 +99,28 @@ class Ledger:
         )
         return [_plain(i) for i in resp.get("Items", [])]
 
+    def sources(self) -> list[str]:
+        """Every source with a run, from the GSI (it holds run items only, so the scan reads no batch items)."""
+        found: set[str] = set()
+        kwargs: dict[str, Any] = {"IndexName": GSI_NAME, "ProjectionExpression": GSI_PARTITION_KEY}
+        while True:
+            resp = self.table.scan(**kwargs)
+            found.update(i[GSI_PARTITION_KEY].removeprefix("SOURCE#") for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return sorted(found)
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def find_runs(self, run_id: str) -> list[dict[str, Any]]:
+        """The run items with this run id, whatever their source (a GSI scan: run items only)."""
+        found: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"IndexName": GSI_NAME, "FilterExpression": Attr("run_id").eq(run_id)}
+        while True:
+            resp = self.table.scan(**kwargs)
+            found.extend(_plain(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return found
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     def record_level(self, source: str, run_id: str, level_name: str, counts: dict[str, int], totals: dict[str, int]) -> None:
         self.table.update_item(
             Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
@@ -125,6 +147,20 @@ class Ledger:
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#a": str(attempt)},
             ExpressionAttributeValues={":c": calls},
+        )
+
+    def meter(self, source: str, run_id: str) -> dict[str, Any] | None:
+        """What the run's Lambda invocations counted (harvester/metering.py), or None."""
+        item = self.table.get_item(Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "METER"}).get("Item")
+        return {k: v for k, v in _plain(item).items() if k not in (PARTITION_KEY, SORT_KEY)} if item else None
+
+    def record_cost(self, source: str, run_id: str, cost: dict[str, Any]) -> None:
+        """The run's cost (harvester/cost.py `breakdown`) on the run item."""
+        self.table.update_item(
+            Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: "RUN"},
+            UpdateExpression="SET cost = :cost",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":cost": _dynamo(cost)},
         )
 
     # --- the window bookmark --------------------------------------------------------------------------------------

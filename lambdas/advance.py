@@ -6,12 +6,14 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
+from harvester.metering import metered
 from harvester.run import advance_level
 
 logger = Logger()
 tracer = Tracer()
 
 
+@metered("advance")  # duration, memory and AWS calls of the invocation, for the run's cost
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:

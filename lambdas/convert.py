@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
+from harvester.metering import metered
 from harvester.lake import layout
 from harvester.lake.compact import DEFAULT_TARGET_BYTES, cleanup_staging, compact_partition, plan_compaction
 from harvester.lake.convert import DEFAULT_GROUP_BYTES, convert_group, load_plan, plan_conversion
@@ -180,6 +181,7 @@ STEPS = {
 }
 
 
+@metered("convert")  # duration, memory and AWS calls of the invocation, for the run's cost
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:

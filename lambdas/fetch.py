@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
+from harvester.metering import metered
 from harvester.ratelimit import limiter_for
 from harvester.secrets import resolve_secret
 from harvester.spec import SourceSpec
@@ -39,6 +40,7 @@ def time_budget(context: LambdaContext, spec: SourceSpec) -> tuple[float, float]
     return time_plan(context.get_remaining_time_in_millis() / 1000, spec, float(override) if override else None)
 
 
+@metered("fetch")  # duration, memory and AWS calls of the invocation, for the run's cost
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics

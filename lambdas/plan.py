@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
+from harvester.metering import metered
 from harvester.run import InputError, plan_run
 from harvester.secrets import resolve_secret
 from harvester.spec import SpecError
@@ -25,6 +26,7 @@ class PlanEvent(BaseModel):
     start_time: str
 
 
+@metered("plan")  # duration, memory and AWS calls of the invocation, for the run's cost
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @event_parser(model=PlanEvent)

@@ -7,7 +7,7 @@ Each function's bundle is:
   which the runtime provides;
 * the handler's module and every project module (`lambdas.*`, `harvester.*`) it imports, transitively (found
   by reading the imports, so each bundle carries only what its function imports: no `harvester/lake` (pyarrow)
-  in the fetch bundle); the laptop-only parts (`harvester/vendor`, `harvester/local`, `harvester/cli.py`: they
+  in the fetch bundle); the laptop-only parts (`harvester/vendor`, `harvester/local`, `harvester/cli/`: they
   import aiohttp and moto) are refused if a handler ever imports them;
 * the `sources/` folder (the specs the plan function reads from `HARVESTER_SOURCES_DIR=/var/task/sources`).
 
@@ -58,7 +58,7 @@ PRUNE = ("pyarrow/tests", "pyarrow/include", "pyarrow/src", "pyarrow/**/*.pyx", 
 #: project packages whose modules a bundle carries: exactly those the handler imports, transitively
 PACKAGES = ("lambdas", "harvester")
 #: laptop-only code (aiohttp, moto): a handler that imports it is refused at synth
-NEVER_BUNDLED = ("harvester/vendor", "harvester/local", "harvester/cli.py")
+NEVER_BUNDLED = ("harvester/vendor", "harvester/local", "harvester/cli/")
 DATA_DIRS = ("sources",)
 
 _SKIP = {"__pycache__", ".pytest_cache"}

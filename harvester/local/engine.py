@@ -147,7 +147,7 @@ class LocalEngine:
 
     def __init__(self, state_dir: str | Path, *, batch_seconds: float | None = None, quiet: bool = True,
                  processes: int = 0, functions: dict[str, dict[str, Any]] | None = None, lock: bool = True,
-                 command: str = "harvest", iam: bool = True):
+                 command: str = "harvest", iam: bool = True, log_level: str | None = None):
         """`processes`: run every function in worker processes, up to this many per function, each held to its
         function's limits (0: all in this process); `functions`: catalog values to change for this engine, e.g.
         `{"fetch": {"timeout_s": 2}}` (tests); `iam`: authorize every AWS call of the run as the role that makes it
@@ -162,6 +162,7 @@ class LocalEngine:
         self.batch_seconds = batch_seconds
         self.processes = processes
         self.quiet = quiet
+        self.log_level = log_level  # the handlers' POWERTOOLS_LOG_LEVEL (default: WARNING when quiet)
         self._stack = ExitStack()
         self._sources_dir = Path(tempfile.mkdtemp(prefix="harvester-sources-"))
         self.dispatcher: Dispatcher | None = None
@@ -189,8 +190,8 @@ class LocalEngine:
             "HARVESTER_LAKE_CONCURRENCY": "2",
             "HARVESTER_QUERY_CONCURRENCY": "2",
         }
-        if self.quiet:
-            env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+        if self.quiet or self.log_level:
+            env["POWERTOOLS_LOG_LEVEL"] = self.log_level or "WARNING"
         if self.batch_seconds:
             env["HARVESTER_BATCH_SECONDS"] = str(self.batch_seconds)
         self._saved_env = {k: os.environ.get(k) for k in env}

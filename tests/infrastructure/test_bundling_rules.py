@@ -21,7 +21,7 @@ TREE = {
     "harvester/spec.py": "from harvester.template import references\n",
     "harvester/template.py": "",
     "harvester/worker.py": "import httpx\n",
-    "harvester/cli.py": "import aiohttp\n",
+    "harvester/cli/__init__.py": "import aiohttp\n",
     "harvester/local/__init__.py": "",
     "harvester/local/engine.py": "import moto\n",
     "harvester/lake/__init__.py": "",

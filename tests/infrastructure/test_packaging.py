@@ -100,7 +100,7 @@ def test_the_project_code_the_handler_needs_and_nothing_else(bundles, name):
     assert (root / "lambdas" / "__init__.py").is_file() and (root / "harvester" / "__init__.py").is_file()
     assert sorted(p.name for p in (root / "sources").glob("*.y*ml")) == sorted(
         p.name for p in (REQUIREMENTS_DIR.parent.parent / "sources").glob("*.y*ml"))
-    absent = ["harvester/vendor", "harvester/local", "harvester/cli.py", "lambdas/requirements"]
+    absent = ["harvester/vendor", "harvester/local", "harvester/cli", "lambdas/requirements"]
     if name in HARVEST_FUNCTIONS:
         absent.append("harvester/lake")
     for path in absent:

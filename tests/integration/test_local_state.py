@@ -3,6 +3,7 @@ be used, and every stop clean. Real `harvest` processes, real signals, the simul
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -274,6 +275,27 @@ def test_an_interrupted_demo_resumes(tmp_path):
     found = audit(state / "bucket", spec, run_id)
     for level in spec.levels:
         assert found[level.name] == {"records": truth[level.name], "unique": truth[level.name], "duplicates": 0}
+
+
+def test_a_new_users_local_run_prints_its_run_id_tables_and_no_log_lines(vendor_factory, tmp_path):
+    """The id printed at the start is the run id; a run with failed calls ends INCOMPLETE (exit 3) with a table of
+    its failures, not with the handlers' JSON log lines cutting through the progress."""
+    from harvester.vendor.faults import FaultConfig, FaultRule
+
+    vendor = vendor_factory(troops=2, warriors_per_troop=2, datagroups_per_warrior=2, points_per_datagroup=20, rate=200)
+    victim = vendor.data.ids("datagroups")[0]
+    vendor.set_faults(FaultConfig.of(FaultRule("not_found", paths=["/v1/datagroups/*/points"], ids=[victim])))
+    spec_path = write_spec(tmp_path, vendor, demo_levels())
+    state = tmp_path / "state"
+    out = harvest("run", "--local", str(spec_path), "--state", str(state), "--processes", "2")
+    assert out.returncode == 3, out.stderr[-2000:]
+    run_id = next(ln for ln in out.stderr.splitlines() if ln.startswith("run ")).split()[1]
+    runs = json.loads(harvest("runs", "e2e", "--state", str(state), "--json").stdout)["runs"]
+    assert [(r["run_id"], r["shown_status"]) for r in runs] == [(run_id, "INCOMPLETE")]
+    assert "INCOMPLETE" in out.stdout and victim in out.stdout and "404" in out.stdout
+    assert not [ln for ln in out.stderr.splitlines() if ln.lstrip().startswith("{")], out.stderr[-2000:]
+    assert f"harvest resume {run_id} --local --state {state}" in out.stderr
+    assert f"cost of run {run_id}" in out.stdout and runs[0]["cost"]["counts"]["lambda_requests"] >= 4
 
 
 def test_a_stopped_batch_writes_what_it_fetched_and_its_checkpoint(vendor_factory, tmp_path):
