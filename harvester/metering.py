@@ -28,7 +28,7 @@ from typing import Any, Callable
 METER_SK = "METER"
 
 _current: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("harvester_meter", default=None)
-_installed = False
+_installed: object = None  # the boto3 default session the hooks are on
 _install_lock = threading.Lock()
 
 #: DynamoDB operations that accept ReturnConsumedCapacity; the read ones are billed in read units
@@ -45,12 +45,12 @@ def install() -> None:
     before harvester/aws.py makes its clients (it does)."""
     global _installed
     with _install_lock:
-        if _installed:
-            return
         import boto3
 
         if boto3.DEFAULT_SESSION is None:
             boto3.setup_default_session()
+        if _installed is boto3.DEFAULT_SESSION:  # a new default session (boto3.setup_default_session) needs them too
+            return
         events = boto3.DEFAULT_SESSION.events
         events.register("provide-client-params.dynamodb.*", _ask_capacity)
         events.register("after-call.dynamodb.*", _count_dynamodb)
@@ -58,7 +58,7 @@ def install() -> None:
         events.register("provide-client-params.s3.UploadPart", _count_s3_put_bytes)
         events.register("after-call.s3.*", _count_s3)
         events.register("after-call.secretsmanager.*", _count_secrets)
-        _installed = True
+        _installed = boto3.DEFAULT_SESSION
 
 
 def _add(key: str, n: float) -> None:
