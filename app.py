@@ -8,7 +8,6 @@ alarmEmail. Synth needs no AWS credentials: without account/region the stack is 
 
 from __future__ import annotations
 
-
 import aws_cdk as cdk
 
 from stacks.app import build_app

@@ -1,6 +1,6 @@
 """Shared parts of the harvest benchmarks (bench_ratelimit.py, bench_faults.py).
 
-- ``Vendor``: the simulated vendor in a subprocess (``bench/_vendor_proc.py`` = ``python -m harvester.vendor``
+- ``Vendor``: the simulated vendor in a subprocess (``bench/_vendor_proc.py`` = ``python -m harvester.simulator``
   plus a per-request clock), so its CPU does not share the harvester's GIL; stats over HTTP.
 - ``window_figures``: calls, span, busiest sliding 1-second window, windows over limit + burst.
 - ``run_ours``: one or more executions of a spec on the local engine (moto), checked against the vendor's
@@ -37,6 +37,23 @@ LEVEL_NAMES = ("troops", "warriors", "datagroups", "points")
 # ---------------------------------------------------------------------------------------------- vendor
 
 
+#: the vendor process's niceness (``BENCH_VENDOR_NICE``, default -10: ahead of the harvester's processes). A real
+#: vendor has its own machines; here it shares 2 cores with moto, the engine and the fetch workers, and a vendor
+#: process waiting 25 ms for a CPU sees the requests that queued meanwhile arrive at once: against a burst of 5 at
+#: 200 r/s (25 ms) that is a 429 the harvester's sends did not cause. Lowering niceness needs root; without it the
+#: vendor shares the CPUs evenly and the bench says so.
+VENDOR_NICE = int(os.environ.get("BENCH_VENDOR_NICE", "-10"))
+
+
+def _prioritise(pid: int) -> int:
+    """Set the vendor's niceness to VENDOR_NICE if allowed; the niceness it runs at."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, VENDOR_NICE)
+    except PermissionError:
+        print(f"vendor niceness {VENDOR_NICE} not allowed (not root): it shares the CPUs evenly", file=sys.stderr)
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 class Vendor:
     """``python bench/_vendor_proc.py ...`` on a free port; stopped (SIGTERM to its own pid) on exit."""
 
@@ -62,8 +79,9 @@ class Vendor:
             raise RuntimeError(f"vendor did not start: {line!r}")
         self.url = line.split()[3]
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.nice = _prioritise(self.proc.pid)
 
-    def __enter__(self) -> "Vendor":
+    def __enter__(self) -> Vendor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -219,6 +237,7 @@ def write_spec(folder: Path, name: str, vendor_url: str, rate: float | None, *, 
         "auth": {"type": "header", "name": "X-Api-Key", "env": "BENCH_API_KEY"},
         "max_concurrency": max_concurrency,
         "levels": bench_levels(),
+        **({"max_in_flight": int(os.environ["BENCH_MAX_IN_FLIGHT"])} if os.environ.get("BENCH_MAX_IN_FLIGHT") else {}),
         **(extra or {}),
     }
     if rate:
@@ -256,7 +275,8 @@ def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: f
             for arn, desc in zip(arns, descs):
                 run_id = engine.run_id_of(arn, spec.name)
                 item = engine.ledger.get_run(spec.name, run_id) if run_id else None
-                runs.append({"status": desc["status"], "run_id": run_id, "run": item,
+                batches = engine.ledger.batches(spec.name, run_id) if run_id else []
+                runs.append({"status": desc["status"], "run_id": run_id, "run": item, "cpu": batch_cpu(batches),
                              "stopped": desc.get("stopDate").timestamp() if desc.get("stopDate") else None,
                              "started": desc["startDate"].timestamp(), "error": desc.get("error")})
         for r in runs:
@@ -278,6 +298,25 @@ def run_ours(spec_path: Path, vendor: Vendor, *, executions: int = 1, timeout: f
             shutil.copytree(state, keep, dirs_exist_ok=True)
         shutil.rmtree(state, ignore_errors=True)
     return {"wall": round(wall, 3), "runs": runs, "started": t0}
+
+
+def batch_cpu(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU seconds of the fetch workers (each batch's worker process, ``cpu_seconds`` in its ledger item) and the
+    calls they made: the whole run's, and the points level's alone (the bulk of a harvest, one worker's steady
+    state)."""
+    def figures(items):
+        cpu = sum(float(b.get("cpu_seconds") or 0) for b in items)
+        calls = sum(int(b.get("calls") or 0) for b in items)
+        return {"cpu_seconds": round(cpu, 3), "calls": calls, "batches": len(items),
+                "cpu_ms_per_call": round(1000 * cpu / calls, 3) if calls else None}
+
+    def level(b: dict[str, Any]) -> int:
+        return int(str(b.get("sk", "BATCH#-1#")).split("#")[1])
+
+    leaf = max((level(b) for b in batches), default=None)
+    out = figures(batches)
+    out["leaf"] = figures([b for b in batches if level(b) == leaf])
+    return out
 
 
 class _Quiet:
@@ -328,10 +367,14 @@ def run_dlt(vendor: Vendor, *, parallelized: bool = False, timeout: float = 3600
     cmd = [str(dlt_python()), str(BENCH / "_dlt_harvest.py"), "--base-url", vendor.url, "--key", API_KEY,
            "--out", str(out)] + (["--parallelized"] if parallelized else [])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=out, env=env)
         lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
         result = json.loads(lines[-1]) if lines else {"ok": False, "error": p.stderr[-600:]}
+    except subprocess.TimeoutExpired:  # cut (a limited run that would take an hour): the vendor's books say how far
+        result = {"ok": False, "cut": True, "seconds": round(time.time() - t0, 1),
+                  "error": f"stopped after {timeout:.0f} s (--dlt-seconds)"}
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if result.get("records"):

@@ -1,6 +1,6 @@
-"""The simulated vendor in its own process, for the benchmarks: ``python -m harvester.vendor`` plus a clock.
+"""The simulated vendor in its own process, for the benchmarks: ``python -m harvester.simulator`` plus a clock.
 
-Same arguments and the same first output line as ``python -m harvester.vendor``. The vendor's own books
+Same arguments and the same first output line as ``python -m harvester.simulator``. The vendor's own books
 (``/_stats``) count per calendar second; the benchmarks also want the exact arrival time of every request
 (first-to-last span, sliding 1-second windows), so this wrapper records ``(time.time(), status, level)`` when each
 /v1 request arrives (the moment the vendor takes its rate-limit token) and serves the list at
@@ -14,8 +14,8 @@ import time
 
 from aiohttp import web
 
-from harvester.vendor import __main__ as vendor_main
-from harvester.vendor import server
+from harvester.simulator import __main__ as vendor_main
+from harvester.simulator import server
 
 TIMES: list[tuple[float, int, str]] = []
 

@@ -18,7 +18,7 @@ import time
 import pyarrow.parquet as pq
 
 from harvester.lake.compact import ROW_GROUP_ROWS
-from harvester.lake.query import format_table, normalize_query, partial_aggregate, reduce_partials
+from harvester.lake.query import format_table, partial_aggregate, reduce_partials, validate_query
 from harvester.lake.store import LocalStore
 from harvester.lake.synthetic import point_table, warrior_table
 
@@ -73,7 +73,7 @@ def main() -> None:
           f"{args.warriors} warriors (generated in {time.perf_counter() - t:.1f}s); cpus={os.cpu_count()}")
 
     store = LocalStore(args.dir)
-    q = normalize_query(QUERY)
+    q = validate_query(QUERY)
     task = {"task": 0, "files": files, "ancestors": {"warriors": wkeys}}
     best = best_cpu = 0.0
     for r in range(args.repeat):

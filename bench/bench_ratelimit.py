@@ -2,7 +2,7 @@
 
     python bench/bench_ratelimit.py [--quick] [--limits 10,50,200] [--latencies 0,50] [--no-dlt]
 
-The simulated vendor runs in its own process (bench/_vendor_proc.py = ``python -m harvester.vendor`` plus a
+The simulated vendor runs in its own process (bench/_vendor_proc.py = ``python -m harvester.simulator`` plus a
 per-request clock), so its CPU does not share the harvester's GIL. The hierarchy: 10 troops -> 105 warriors ->
 1,925 datagroups -> 92,690 points = 2,041 calls, every list one page (``--quick``: 346 calls). Cases:
 
@@ -39,11 +39,14 @@ import _common as c  # noqa: E402
 
 FULL = dict(troops=10, warriors=10, datagroups=18)  # 2,041 calls
 QUICK = dict(troops=4, warriors=10, datagroups=8)  # 346 calls
+SEED = dict(troops=400, warriors=12, datagroups=5)  # 29,208 calls: the seed's 400 x 12 x 5 (+ 8 pages of troops)
+SIZES = {"full": FULL, "quick": QUICK, "seed": SEED}
 
 COLUMNS = [("case", "case"), ("who", "who"), ("limit", "limit r/s"), ("latency", "lat ms"), ("calls", "calls"),
            ("seconds", "seconds"), ("wall", "wall s"), ("rate", "calls/s"), ("utilisation", "util"),
            ("r429", "429s"), ("r429_share", "429 %"), ("busiest", "busiest 1 s"), ("over", "worst over l+b"),
-           ("secs_over", "secs over"), ("lost", "lost"), ("dup", "dup"), ("load", "load 1m")]
+           ("secs_over", "secs over"), ("lost", "lost"), ("dup", "dup"), ("cpu_ms", "CPU ms/call"),
+           ("cpu_ms_leaf", "CPU ms/call points"), ("load", "load 1m")]
 
 
 def row(case: str, who: str, limit, latency, fig: dict, wall: float | None, chk: dict | None, **extra) -> dict:
@@ -75,6 +78,8 @@ def ours_row(case: str, vendor: c.Vendor, spec: Path, limit, latency, results: d
     out = row(case, "harvester" if executions == 1 else f"harvester x{executions}", limit, latency, fig,
               res["wall"], chk, status=",".join(r["status"] for r in res["runs"]),
               token_wait_s=sum(r["token_wait_seconds"] for r in res["runs"]),
+              # CPU of the fetch workers per call: all levels, and the points level alone (one worker's steady state)
+              cpu_ms=run["cpu"]["cpu_ms_per_call"], cpu_ms_leaf=run["cpu"]["leaf"]["cpu_ms_per_call"],
               limiter_writes=sum(r["limiter_writes"] for r in res["runs"]))
     results["raw"].append({"case": case, "who": out["who"], "figures": fig, "ours": res,
                            "vendor_stats": _brief(vendor.stats()),
@@ -82,13 +87,19 @@ def ours_row(case: str, vendor: c.Vendor, spec: Path, limit, latency, results: d
     return out, res, times
 
 
-def dlt_row(case: str, vendor: c.Vendor, limit, latency, results: dict):
+def dlt_row(case: str, vendor: c.Vendor, limit, latency, results: dict, *, parallelized: bool = False,
+            timeout: float | None = None):
     vendor.reset()
-    res = c.run_dlt(vendor)
+    res = c.run_dlt(vendor, parallelized=parallelized, **({"timeout": timeout} if timeout else {}))
     times = vendor.times(clear=True)
     fig = c.window_figures(times, limit)
-    out = row(case, "dlt", limit, latency, fig, res.get("seconds"), res.get("check"),
-              status="OK" if res.get("ok") else f"FAILED {res.get('error', '')[:80]}")
+    calls = fig["requests"]
+    status = "OK" if res.get("ok") else ("cut" if res.get("cut") else f"FAILED {res.get('error', '')[:80]}")
+    out = row(case, "dlt parallelized" if parallelized else "dlt", limit, latency, fig, res.get("seconds"),
+              res.get("check"), status=status,
+              # dlt's extract (the calls, parsing, its extract files) per call; normalize + load apart
+              cpu_ms=round(1000 * res["extract_cpu_seconds"] / calls, 3) if res.get("extract_cpu_seconds") else None,
+              cpu_ms_total=round(1000 * res["cpu_seconds"] / calls, 3) if res.get("cpu_seconds") else None)
     results["raw"].append({"case": case, "who": "dlt", "figures": fig, "dlt": res,
                            "vendor_stats": _brief(vendor.stats()), "per_second": c.rate_timeline(times)})
     return out
@@ -122,7 +133,7 @@ async def _plain_client(base: str, urls: list[str], connections: int) -> float:
 
 def harvest_urls(sizes: dict) -> list[str]:
     """The URLs a complete harvest requests (every list one page at the bench's page sizes)."""
-    from harvester.vendor.data import DataConfig, VendorData
+    from harvester.simulator.data import DataConfig, VendorData
 
     data = VendorData(DataConfig(troops=sizes["troops"], warriors_per_troop=sizes["warriors"],
                                  datagroups_per_warrior=sizes["datagroups"], points_per_datagroup=48))
@@ -135,7 +146,8 @@ def harvest_urls(sizes: dict) -> list[str]:
 
 def capacity(vendor: c.Vendor, sizes: dict, latency, results: dict) -> dict:
     """The vendor's own capacity: a plain aiohttp client with N connections, the harvest's URLs x 3."""
-    urls = harvest_urls(sizes) * 3
+    urls = harvest_urls(sizes)
+    urls = urls * 3 if len(urls) < 10_000 else urls
     best = None
     for n in (16, 64, 256):
         vendor.reset()
@@ -152,15 +164,58 @@ def capacity(vendor: c.Vendor, sizes: dict, latency, results: dict) -> dict:
     return best
 
 
+def seed_part(args, tmp: Path, results: dict, show, with_dlt: bool, dlt_cap: float, halves: set[str]) -> None:
+    """The seed-sized run (issue 16): at the limit (burst 5), then unlimited, each beside dlt on the same vendor.
+    ``halves``: {"limited", "unlimited"} or one of them."""
+    limit = args.seed_limit
+    for _ in range(args.repeat):
+        if "limited" in halves:
+            with c.Vendor(**SEED, rate=limit) as v:
+                results.setdefault("seed_expected_calls", v.calls_per_level())
+                spec = c.write_spec(tmp, f"rl-seed-{int(limit)}", v.url, limit)
+                show(ours_row(f"seed {int(limit)}", v, spec, limit, 0, results)[0])
+                if with_dlt:
+                    show(dlt_row(f"seed {int(limit)}", v, limit, 0, results, timeout=dlt_cap))
+        if "unlimited" not in halves:
+            continue
+        with c.Vendor(**SEED, rate=None) as v:
+            spec = c.write_spec(tmp, "rl-seed-unl", v.url, None)
+            ours = ours_row("seed unlimited", v, spec, None, 0, results)[0]
+            show(ours)
+            if with_dlt:
+                for par in (False, True):
+                    d = dlt_row("seed unlimited", v, None, 0, results, parallelized=par)
+                    d["time_vs_ours"] = round(d["seconds"] / ours["seconds"], 3) if ours["seconds"] else None
+                    show(d)
+                    if par:
+                        results.setdefault("seed_unlimited", []).append(
+                            {"harvester_seconds": ours["seconds"], "dlt_parallelized_seconds": d["seconds"],
+                             "ratio": round(ours["seconds"] / d["seconds"], 3) if d["seconds"] else None,
+                             "harvester_cpu_ms": ours["cpu_ms"], "harvester_cpu_ms_points": ours["cpu_ms_leaf"],
+                             "dlt_parallelized_cpu_ms": d["cpu_ms"]})
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="346 calls per harvest, latency 0 only")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="hierarchy: full (2,041 calls, default), quick (346), seed (29,208: the seed's run)")
+    p.add_argument("--dlt-seconds", type=float, default=None,
+                   help="stop a limited dlt run after this long (default: 120 with --size seed; its utilisation is "
+                        "measured over what it sent)")
+    p.add_argument("--repeat", type=int, default=1, help="run each limited case this many times")
     p.add_argument("--limits", default="10,50,200")
     p.add_argument("--latencies", default=None, help="ms, comma-separated (default 0,50; quick: 0)")
     p.add_argument("--no-dlt", action="store_true")
-    p.add_argument("--only", default="limits,two,unlimited", help="which parts: limits,two,unlimited")
+    p.add_argument("--only", default="limits,two,unlimited,seed",
+                   help="which parts: limits,two,unlimited,seed (seed: the seed-sized run, 29,208 calls, at "
+                        "--seed-limit and unlimited, beside dlt and dlt parallelized; seed-limited or "
+                        "seed-unlimited: one half of it)")
+    p.add_argument("--seed-limit", type=float, default=200.0)
     args = p.parse_args()
-    sizes = QUICK if args.quick else FULL
+    size = args.size or ("quick" if args.quick else "full")
+    sizes = SIZES[size]
+    dlt_cap = args.dlt_seconds or (120.0 if size == "seed" else None)
     limits = [float(x) for x in args.limits.split(",") if x]
     latencies = [float(x) for x in (args.latencies or ("0" if args.quick else "0,50")).split(",")]
     parts = set(args.only.split(","))
@@ -168,9 +223,9 @@ def main() -> int:
     if with_dlt:
         c.dlt_python()
     tmp = Path(tempfile.mkdtemp(prefix="bench-specs-"))
-    results: dict = {"benchmark": "ratelimit", "quick": args.quick, "sizes": sizes, "burst": c.BURST,
+    results: dict = {"benchmark": "ratelimit", "quick": args.quick, "size": size, "sizes": sizes, "burst": c.BURST,
                      "machine": {"cores": __import__("os").cpu_count(), "python": platform.python_version(),
-                                 "load_at_start": c.load()},
+                                 "load_at_start": c.load(), "vendor_nice": c.VENDOR_NICE},
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": [], "raw": []}
     rows = results["rows"]
 
@@ -178,7 +233,7 @@ def main() -> int:
         rows.append(r)
         print(c.table([r], COLUMNS).splitlines()[-1], file=sys.stderr, flush=True)
 
-    print(f"load {c.load()}; hierarchy {sizes}", file=sys.stderr, flush=True)
+    print(f"load {c.load()}; hierarchy {sizes}; vendor niceness {c.VENDOR_NICE}", file=sys.stderr, flush=True)
     if "limits" in parts:
         for limit in limits:
             for latency in latencies:
@@ -188,9 +243,11 @@ def main() -> int:
                         results["expected_calls"] = v.calls_per_level()
                         results["truth"] = v.counts()
                     spec = c.write_spec(tmp, name, v.url, limit)
-                    show(ours_row(f"limit {int(limit)}", v, spec, limit, latency, results)[0])
-                    if with_dlt:
-                        show(dlt_row(f"limit {int(limit)}", v, limit, latency, results))
+                    for _ in range(args.repeat):
+                        v.reset()
+                        show(ours_row(f"limit {int(limit)}", v, spec, limit, latency, results)[0])
+                        if with_dlt:
+                            show(dlt_row(f"limit {int(limit)}", v, limit, latency, results, timeout=dlt_cap))
     if "two" in parts:
         limit = 50.0
         with c.Vendor(**sizes, rate=limit) as v:
@@ -216,14 +273,23 @@ def main() -> int:
                 ours = ours_row("unlimited", v, spec, None, latency, results)[0]
                 ours["ratio_to_capacity"] = round(ours["rate"] / cap["rate"], 3)
                 show(ours)
+                summary = {"latency_ms": latency, "capacity_rps": cap["rate"], "capacity_client": cap["who"],
+                           "harvester_rps": ours["rate"], "ratio": ours["ratio_to_capacity"],
+                           "harvester_seconds": ours["seconds"], "harvester_cpu_ms": ours["cpu_ms"]}
                 if with_dlt:
-                    d = dlt_row("unlimited", v, None, latency, results)
-                    d["ratio_to_capacity"] = round(d["rate"] / cap["rate"], 3) if d["rate"] else None
-                    show(d)
-                results.setdefault("unlimited", []).append(
-                    {"latency_ms": latency, "capacity_rps": cap["rate"], "capacity_client": cap["who"],
-                     "harvester_rps": ours["rate"], "ratio": ours["ratio_to_capacity"]})
+                    for par in (False, True):
+                        d = dlt_row("unlimited", v, None, latency, results, parallelized=par)
+                        d["ratio_to_capacity"] = round(d["rate"] / cap["rate"], 3) if d["rate"] else None
+                        show(d)
+                        if par and d["seconds"]:  # the issue's target: ours within 1.1x of dlt parallelized
+                            summary["dlt_parallelized_seconds"] = d["seconds"]
+                            summary["time_vs_dlt_parallelized"] = round(ours["seconds"] / d["seconds"], 3)
+                            summary["dlt_parallelized_cpu_ms"] = d["cpu_ms"]
+                results.setdefault("unlimited", []).append(summary)
 
+    halves = {h for h in ("limited", "unlimited") if "seed" in parts or f"seed-{h}" in parts}
+    if halves:
+        seed_part(args, tmp, results, show, with_dlt, dlt_cap or 120.0, halves)
     results["load_at_end"] = c.load()
     print()
     print(f"rate-limit benchmark: hierarchy {sizes} ({results.get('expected_calls', '?')} calls per harvest), "
@@ -235,10 +301,17 @@ def main() -> int:
               f"vendor's mean requests/s over the inner seconds {t['vendor_mean_per_second']} (limit 50, burst 5)")
     for u in results.get("unlimited", []):
         print(f"unlimited, latency {u['latency_ms']:.0f} ms: vendor capacity {u['capacity_rps']} r/s "
-              f"({u['capacity_client']}), harvester {u['harvester_rps']} r/s, ratio {u['ratio']}")
+              f"({u['capacity_client']}), harvester {u['harvester_rps']} r/s, ratio {u['ratio']}; seconds of calls "
+              f"{u['harvester_seconds']} vs dlt parallelized {u.get('dlt_parallelized_seconds')} "
+              f"(x{u.get('time_vs_dlt_parallelized')}); CPU ms/call {u['harvester_cpu_ms']} vs "
+              f"{u.get('dlt_parallelized_cpu_ms')}")
+    for u in results.get("seed_unlimited", []):
+        print(f"seed-sized, unlimited: seconds of calls {u['harvester_seconds']} vs dlt parallelized "
+              f"{u['dlt_parallelized_seconds']} (x{u['ratio']}; target <= 1.1); CPU ms/call {u['harvester_cpu_ms']} "
+              f"(points {u['harvester_cpu_ms_points']}) vs dlt parallelized {u['dlt_parallelized_cpu_ms']}")
     print("utilisation = requests served / ((last - first request) x limit); busiest = most requests sent in any "
           "sliding 1 s window; worst over = its excess over limit + burst; secs over = calendar seconds above it")
-    path = c.save("ratelimit" + ("-quick" if args.quick else ""), results)
+    path = c.save("ratelimit" + ("" if size == "full" else f"-{size}"), results)
     print(f"figures: {path.relative_to(c.ROOT)}")
     return 0
 

@@ -14,7 +14,7 @@ import boto3
 from harvester import metering
 from harvester.ledger import Ledger
 from harvester.spec import SourceSpec, find_spec, parse_spec
-from harvester.storage import Store
+from harvester.storage import HarvestBucket
 
 _local = threading.local()
 metering.install()  # before any client is made: clients carry the hooks of the session they were made from
@@ -37,6 +37,9 @@ def table():
     if not hasattr(_local, "table"):
         _local.table = boto3.resource("dynamodb").Table(setting("HARVESTER_TABLE"))
     return _local.table
+
+
+metering.write_to(table)
 
 
 def dynamodb():
@@ -65,8 +68,8 @@ def int_setting(name: str, default: int) -> int:
 # the whole import closure of its handler.
 
 
-def store() -> Store:
-    return Store(s3(), setting("HARVESTER_BUCKET"))
+def store() -> HarvestBucket:
+    return HarvestBucket(s3(), setting("HARVESTER_BUCKET"))
 
 
 def ledger() -> Ledger:

@@ -24,11 +24,13 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
+import orjson
 
 from harvester import paginate
 from harvester.spec import Level, SourceSpec
@@ -50,7 +52,7 @@ class OutOfTime(Exception):
     """
 
     records: list[Any] = []
-    next_request: "paginate.PageRequest | None" = None
+    next_request: paginate.PageRequest | None = None
 
 
 class CallFailed(Exception):
@@ -138,7 +140,7 @@ def throttle_wait(status: int, headers: httpx.Headers) -> tuple[bool, float | No
 
 
 def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    u = httpx.URL(str(url))
+    u = url if isinstance(url, httpx.URL) else httpx.URL(url)
     return u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme)
 
 
@@ -211,7 +213,7 @@ class Fetcher:
         records: list[Any] = []
         request: paginate.PageRequest | None = start or self.first_url(level, context)
         try:
-            async for page, request in self.pages(level, context, start, fetched_before):
+            async for page, request in self.pages(level, context, start, fetched_before):  # noqa: B007 (read below)
                 records.extend(page)
         except OutOfTime as exc:
             exc.records, exc.next_request = records, exc.next_request or request
@@ -233,13 +235,14 @@ class Fetcher:
         seen_pages: dict[str, int] = {}
         while request is not None:
             number = request.number + 1
-            signature = _shown_url(request, hide=tuple(self.auth_params))
+            target = _request_url(request)  # parsed once per request: URL parsing is a good part of a call's CPU
+            signature = _hide(target, tuple(self.auth_params))
             if signature in seen_requests:
                 raise LoopDetected(signature, None, f"pagination loop: page {number} asks for page "
                                    f"{seen_requests[signature]} again (same URL and parameters)")
             seen_requests[signature] = number
             try:
-                page, nxt = await self._page(level, request, before)
+                page, nxt = await self._page(level, request, before, target, signature)
             except OutOfTime as exc:
                 exc.records, exc.next_request = [], request
                 raise
@@ -253,12 +256,16 @@ class Fetcher:
             request = nxt
             yield page, nxt
 
-    async def _page(self, level: Level, request: paginate.PageRequest, before: int):
+    async def _page(self, level: Level, request: paginate.PageRequest, before: int, target: httpx.URL | None = None,
+                    shown: str | None = None):
         attempt = throttled = 0
         throttled_for = 0.0
+        if target is None:
+            target = _request_url(request)
+            shown = _hide(target, tuple(self.auth_params))
         while True:
             try:
-                return await self._try_page(level, request, before)
+                return await self._try_page(level, request, before, target, shown)
             except _Transient as exc:
                 attempt += 1
                 self.stats.count_error(exc.reason)
@@ -279,11 +286,13 @@ class Fetcher:
                 else:
                     if attempt >= self.spec.retries.max_attempts:
                         raise CallFailed(
-                            _shown_url(request, hide=tuple(self.auth_params)), exc.status, f"gave up after {attempt} attempts: {exc.reason}", exc.excerpt, attempt
+                            _shown_url(request, hide=tuple(self.auth_params)), exc.status,
+                            f"gave up after {attempt} attempts: {exc.reason}", exc.excerpt, attempt
                         ) from None
                     wait = max(exc.retry_after or 0.0, self._backoff(attempt))
                 if wait > self.time_left():
-                    raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: no time left to retry ({exc.reason})") from None
+                    shown = _shown_url(request, hide=tuple(self.auth_params))
+                    raise OutOfTime(f"{shown}: no time left to retry ({exc.reason})") from None
                 self.stats.retries += 1
                 await self.sleep(wait)
 
@@ -310,7 +319,7 @@ class Fetcher:
             for name in self.auth_params:  # a next link or Location may echo it: never to another origin
                 url = url.copy_remove_param(name)
             trusted = origin(url) in self.trusted
-            resp = await self.http.get(url.copy_merge_params(self.auth_params) if trusted else url,
+            resp = await self.http.get(url.copy_merge_params(self.auth_params) if trusted and self.auth_params else url,
                                        headers=self.auth_headers if trusted else None)
             if not resp.is_redirect or resp.next_request is None:
                 return resp
@@ -336,17 +345,20 @@ class Fetcher:
             reason = f"{status} {resp.reason_phrase}" + ("" if status == 429 else " (rate limited)")
             raise _Transient(reason, status, excerpt, wait, throttle=True)
         if kind == "retry":
-            raise _Transient(f"{status} {resp.reason_phrase}", status, excerpt, retry_after_seconds(resp.headers.get("retry-after")))
+            wait = retry_after_seconds(resp.headers.get("retry-after"))
+            raise _Transient(f"{status} {resp.reason_phrase}", status, excerpt, wait)
         if kind == "auth":
             raise AuthFailed(url, status, f"{status} {resp.reason_phrase}: check the credential and its rights", excerpt)
         if status < 400:
             raise CallFailed(url, status, f"unexpected status {status}", excerpt)
         raise CallFailed(url, status, f"{status} {resp.reason_phrase}", excerpt)
 
-    async def _try_page(self, level: Level, request: paginate.PageRequest, before: int):
+    async def _try_page(self, level: Level, request: paginate.PageRequest, before: int, target: httpx.URL,
+                        shown: str):
+        """One attempt at one page: `target` is the request's URL with its parameters, `shown` the same without
+        credentials (both built once by the caller)."""
         if self.time_left() <= 0:
-            raise OutOfTime(f"{_shown_url(request, hide=tuple(self.auth_params))}: the worker's time budget is spent")
-        shown = _shown_url(request, hide=tuple(self.auth_params))
+            raise OutOfTime(f"{shown}: the worker's time budget is spent")
         try:
             await self._acquire()
         except TimeoutError:
@@ -365,7 +377,7 @@ class Fetcher:
             async with asyncio.timeout(window):
                 # merged into the URL's own query: httpx's `params=` would replace it (a next link's offset, a
                 # `?troopId=` written in the path)
-                resp = await self._get(httpx.URL(request.url).copy_merge_params(request.params))
+                resp = await self._get(target)
                 body_bytes = resp.content
         except TimeoutError:
             raise OutOfTime(f"{shown}: cut at the worker's deadline; the next invocation asks for it again") from None
@@ -376,12 +388,12 @@ class Fetcher:
         finally:
             self.stats.latency_sum += time.monotonic() - t0
         status = resp.status_code
-        url = _shown_url(request, resp, tuple(self.auth_params))
+        url = _hide(resp.request.url, tuple(self.auth_params))
         excerpt = body_bytes[:200].decode("utf-8", "replace")
         if not 200 <= status < 300:
             return self._status(level, request, resp, url, excerpt)
         try:
-            body = json.loads(body_bytes)
+            body = _loads(body_bytes)
         except (json.JSONDecodeError, UnicodeDecodeError):
             ctype = resp.headers.get("content-type", "?")
             raise _Transient(f"body is not JSON (content-type {ctype}, {len(body_bytes)} bytes)", status, excerpt) from None
@@ -401,8 +413,30 @@ class Fetcher:
         return page, nxt
 
 
+def _loads(body: bytes) -> Any:
+    """JSON text to Python: orjson (several times faster than the standard library on a page of records); what it
+    refuses and the standard library takes (NaN, integers beyond 64 bits, lone surrogates) goes the standard way,
+    so the result is the same."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _digest(page: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(page, sort_keys=True, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+    """A page's content, to tell a page repeated within one list (only compared within one invocation)."""
+    try:
+        text = orjson.dumps(page, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:  # what orjson refuses (a lone surrogate, an integer beyond 64 bits)
+        text = json.dumps(page, sort_keys=True, default=str).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()
+
+
+def _request_url(request: paginate.PageRequest) -> httpx.URL:
+    """The URL a page request asks for: its parameters merged into the URL's own query (httpx's `params=` would
+    replace it: a next link's offset, a `?troopId=` written in the path)."""
+    url = httpx.URL(request.url)
+    return url.copy_merge_params(request.params) if request.params else url
 
 
 def _shown_url(request: paginate.PageRequest, resp: httpx.Response | None = None, hide: tuple[str, ...] = ()) -> str:

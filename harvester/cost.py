@@ -13,8 +13,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harvester import sizing
+
 #: when the prices below were read from the AWS pricing pages
 PRICES_TAKEN = "2026-12-01"
+
+#: the hours of a month in AWS's prorating (365 x 24 / 12)
+HOURS_PER_MONTH = 730
 
 #: USD; per region. Sources (each read on PRICES_TAKEN):
 #:  Step Functions Standard: $0.025 per 1,000 state transitions, https://aws.amazon.com/step-functions/pricing/
@@ -25,6 +30,8 @@ PRICES_TAKEN = "2026-12-01"
 #:  S3 Standard: $0.005 per 1,000 PUT/COPY/POST/LIST, $0.0004 per 1,000 GET/SELECT, https://aws.amazon.com/s3/pricing/
 #:  Secrets Manager: $0.05 per 10,000 API calls, https://aws.amazon.com/secrets-manager/pricing/
 #:  CloudWatch Logs: $0.50 per GB ingested (standard class), https://aws.amazon.com/cloudwatch/pricing/
+#:  CloudWatch custom metrics: $0.30 per metric-month (first 10,000), prorated by the hour and metered only when
+#:    data is sent, https://aws.amazon.com/cloudwatch/pricing/ (a metric-hour: 0.30 / 730)
 PRICES: dict[str, dict[str, float]] = {
     "us-east-1": {
         "sfn_transition": 0.025 / 1000,
@@ -37,6 +44,7 @@ PRICES: dict[str, dict[str, float]] = {
         "s3_tier2_request": 0.0004 / 1000,
         "secrets_call": 0.05 / 10000,
         "logs_gb": 0.50,
+        "metric_hour": 0.30 / HOURS_PER_MONTH,
     },
 }
 PRICES["us-east-2"] = PRICES["us-west-2"] = PRICES["eu-west-1"] = PRICES["us-east-1"]  # same list prices there
@@ -53,6 +61,15 @@ PARENT_STEPS_PER_RUN = 11
 PARENT_STEPS_PER_LEVEL = 3
 #: DynamoDB writes the workflow makes itself per run (run start/resume, run end) and per failed batch
 WORKFLOW_WRITES_PER_RUN = 2
+#: custom metrics the fetch handler publishes per source (dimensions service and source; the level is metadata, not
+#: a dimension, or each level would be billed as metrics of its own): its own six (Calls, Throttled, Retries,
+#: Records, BytesWritten, CallLatency; lambdas/fetch.py) and the rate limiter's (six, or two without a rate limit;
+#: harvester/ratelimit.py)
+FETCH_METRICS = 6
+
+
+def metrics_per_source(rate_limited: bool) -> int:
+    return FETCH_METRICS + (6 if rate_limited else 2)
 
 
 @dataclass
@@ -70,6 +87,7 @@ class Usage:
     s3_bytes_read: float = 0
     secrets_calls: float = 0
     log_bytes: float = 0
+    metric_series_hours: float = 0  # distinct (custom metric, clock hour) pairs the run's invocations sent
     notes: list[str] = field(default_factory=list)
 
 
@@ -90,6 +108,7 @@ def breakdown(usage: Usage, region: str = "us-east-1", arch: str = "arm64") -> d
         "s3_requests": usage.s3_tier1_requests * p["s3_tier1_request"] + usage.s3_tier2_requests * p["s3_tier2_request"],
         "secrets_manager": usage.secrets_calls * p["secrets_call"],
         "cloudwatch_logs": usage.log_bytes / 1e9 * p["logs_gb"],
+        "cloudwatch_metrics": usage.metric_series_hours * p["metric_hour"],
     }
     counts = {k: round(v, 3) for k, v in asdict(usage).items() if k != "notes"}
     return {"usd": {k: round(v, 6) for k, v in parts.items()}, "total_usd": round(sum(parts.values()), 6),
@@ -125,6 +144,7 @@ def usage_of_run(run: dict[str, Any], meter: dict[str, Any] | None, *, log_level
         s3_bytes_written=float(meter.get("s3_bytes_written", 0)),
         s3_bytes_read=float(meter.get("s3_bytes_read", 0)),
         secrets_calls=float(meter.get("secrets_calls", 0)),
+        metric_series_hours=len(meter.get("metric_series") or ()),
     )
     u.log_bytes = _log_bytes(u.lambda_requests, u.transitions, 2 * failed, log_level)
     if not meter:
@@ -158,11 +178,11 @@ def estimate(spec, calls: int, *, log_level: str = "ERROR", model: Model | None 
 
     m = model or Model()
     levels = len(spec.levels)
-    per_batch = m.calls_per_batch or spec.batch_size(levels - 1)  # the deepest level makes most of the calls
+    per_batch = m.calls_per_batch or sizing.batch_size(spec, levels - 1)  # the deepest level makes most of the calls
     batches = max(levels, math.ceil(calls / per_batch))
     rate = spec.rate_limit.requests_per_second if spec.rate_limit else None
     seconds = calls / rate if rate else calls * m.fetch_seconds_per_call
-    workers = spec.workers()
+    workers = sizing.workers(spec)
     fetch_gb_s = max(seconds, 1) * workers * FUNCTION_CATALOG["fetch"].memory_mb / 1024
     small_gb_s = (1 + levels) * 0.5 * 0.5  # plan and advance: ~0.5 s at 512 MB each
     invocations = 1 + batches + levels + m.convert_invocations
@@ -175,8 +195,10 @@ def estimate(spec, calls: int, *, log_level: str = "ERROR", model: Model | None 
         s3_tier1_requests=invocations * m.s3_tier1_per_invocation,
         s3_tier2_requests=invocations * m.s3_tier2_per_invocation,
         secrets_calls=batches if getattr(spec, "auth", None) and getattr(spec.auth, "secret", None) else 0,
+        # the source's metrics in the clock hours the run spans: 1 + seconds / 3600 on average over start times
+        metric_series_hours=metrics_per_source(rate is not None) * (1 + seconds / 3600),
     )
     u.log_bytes = _log_bytes(u.lambda_requests, u.transitions, 0, log_level)
     u.notes.append(f"estimate: {calls} calls in ~{batches} batches, {seconds:,.0f} s at "
-                   f"{'%g r/s' % rate if rate else 'no rate limit'} with {workers} fetch workers")
+                   f"{f'{rate:g} r/s' if rate else 'no rate limit'} with {workers} fetch workers")
     return u

@@ -1,6 +1,6 @@
 """The one catalog of the Lambda functions: handler, timeout, memory, ephemeral storage, environment, access.
 
-The CDK stack deploys exactly these (stacks/harvester_stack.py), the local engine runs the same handlers with the
+The CDK stack deploys exactly these (stacks/functions.py), the local engine runs the same handlers with the
 same limits (harvester/local/engine.py), and the tests tie the workflow definitions to it (a Task state must
 outlive its function: tests/infrastructure/test_catalog.py). Plain Python on purpose: the local engine imports it
 without aws_cdk.
@@ -19,10 +19,14 @@ DEFAULT_EPHEMERAL_MB = 512
 #: state machine sees Lambda's `Sandbox.Timedout` (retried as such) instead of its own `States.Timeout`
 TASK_TIMEOUT_MARGIN_S = 30
 
+#: the functions' Powertools service name and CloudWatch metrics namespace (the dashboards read this namespace)
+SERVICE_NAME = "harvester"
+METRICS_NAMESPACE = "Harvester"
+
 #: environment every function gets, on AWS and locally (the stack adds the bucket, table and sources folder)
 COMMON_ENVIRONMENT = {
-    "POWERTOOLS_SERVICE_NAME": "harvester",
-    "POWERTOOLS_METRICS_NAMESPACE": "Harvester",
+    "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+    "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
 }
 
 
@@ -90,7 +94,7 @@ FUNCTION_CATALOG: dict[str, FunctionDef] = {
                          FunctionAccess(s3_read=("processed/", "queries/"), s3_write=("queries/", "results/"),
                                         s3_delete=("queries/",), ledger_read_only=True),
                          memory_mb=1769, timeout_s=900, requirements="lake.txt"),
-}  # fmt: skip
+}
 
 
 def function_of_placeholder(key: str) -> str | None:

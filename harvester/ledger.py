@@ -7,8 +7,9 @@ items and failed calls; `advance` writes the per-level counts onto the run item.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 

@@ -7,6 +7,12 @@ is asked for on every call that supports it), S3 requests by price class and byt
 end the counts are added, in one `UpdateItem ... ADD`, to the run's meter item (`pk = RUN#source#run_id`,
 `sk = METER`): a separate item, as the workflow itself writes the run item with a conditional `PutItem`.
 
+Custom metrics (`@counts_metrics(metrics)`, inside Powertools' `@metrics.log_metrics`): each metric the invocation
+publishes, a name with one set of dimension values, is noted with the clock hour it is sent in, as a string in the
+meter item's `metric_series` set; CloudWatch bills a custom metric for each hour it receives data ($0.30 a
+metric-month, prorated by the hour: https://aws.amazon.com/cloudwatch/pricing/), so a run's share is the number of
+distinct (hour, metric) pairs, however many invocations sent them.
+
 The counts of one invocation live in a context variable, so invocations that share a process (the local
 engine's threads) or hand work to threads (`asyncio.to_thread` copies the context) count what is theirs.
 
@@ -17,19 +23,26 @@ Lambda billed duration: https://docs.aws.amazon.com/lambda/latest/dg/lambda-runt
 from __future__ import annotations
 
 import contextvars
-import logging
 import functools
+import hashlib
+import json
+import logging
 import math
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 METER_SK = "METER"
 
 _current: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("harvester_meter", default=None)
+#: the custom metric series of the current invocation, "hour|dimensions tag|name" (see counts_metrics)
+_series: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("harvester_metric_series", default=None)
 _installed: object = None  # the boto3 default session the hooks are on
 _install_lock = threading.Lock()
+#: the ledger table the meter items go to: harvester/aws.py names it (`write_to`), so this module needs none of it
+_table: Callable[[], Any] | None = None
 
 #: DynamoDB operations that accept ReturnConsumedCapacity; the read ones are billed in read units
 _DDB_READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
@@ -106,6 +119,44 @@ def _count_secrets(parsed: dict, **kwargs) -> None:
     _add("secrets_calls", 1)
 
 
+def counts_metrics(metrics: Any) -> Callable:
+    """Decorate a handler inside `@metrics.log_metrics` (a Powertools Metrics): when it returns or raises, before
+    Powertools flushes them, note the custom metric series it is about to publish."""
+
+    def wrap(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def run(event, context):
+            try:
+                return handler(event, context)
+            finally:
+                note_metric_series(metrics)
+
+        return run
+
+    return wrap
+
+
+def note_metric_series(metrics: Any) -> None:
+    """Never fails the invocation (it runs in the handler's `finally`): a series not noted is a lower estimate."""
+    series = _series.get()
+    if series is None:
+        return
+    try:
+        names = list(metrics.metric_set)
+        dims = {"service": metrics.service, **metrics.dimension_set}  # Powertools adds `service` when it flushes
+        tag = hashlib.sha1(json.dumps(sorted(dims.items()), default=str).encode()).hexdigest()[:10]
+        hour = time.strftime("%Y%m%d%H", time.gmtime())
+        series.update(f"{hour}|{tag}|{name}" for name in names)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logging.getLogger(__name__).warning("custom metrics not noted for the run's cost: %s", exc)
+
+
+def write_to(table: Callable[[], Any]) -> None:
+    """Name the ledger table (a callable returning a boto3 Table) the counts are added to."""
+    global _table
+    _table = table
+
+
 def _run_of(event: Any, result: Any) -> tuple[str, str] | None:
     """(source, run_id) from the event or the result: `run` carries both in every harvest handler."""
     for value in (event, result):
@@ -123,7 +174,8 @@ def metered(function: str) -> Callable:
         def run(event, context):
             install()
             meter: Counter = Counter()
-            token = _current.set(meter)
+            series: set[str] = set()
+            token, series_token = _current.set(meter), _series.set(series)
             started = time.monotonic()
             result = None
             try:
@@ -131,34 +183,45 @@ def metered(function: str) -> Callable:
                 return result
             finally:
                 _current.reset(token)
+                _series.reset(series_token)
                 billed_ms = math.ceil((time.monotonic() - started) * 1000)
                 memory = int(getattr(context, "memory_limit_in_mb", 0) or 0)
                 meter[f"lambda_requests_{function}"] += 1
                 meter["lambda_mb_ms"] += billed_ms * memory
                 where = _run_of(event, result)
                 if where:
-                    _flush(*where, meter)
+                    _flush(*where, meter, series)
 
         return run
 
     return wrap
 
 
-def _flush(source: str, run_id: str, meter: Counter) -> None:
-    """One write: ADD every count to the run's meter item. Never fails the invocation (a lost count is a lower
-    cost estimate, a failed batch would be a real loss)."""
+def _flush(source: str, run_id: str, meter: Counter, series: set[str] = frozenset()) -> None:
+    """ADD every count to the run's meter item, then the metric series to its string set (a union: two invocations
+    that sent the same metric in the same hour count it once). Two writes, so that a set grown past DynamoDB's 400 KB
+    item limit (~9,000 entries of ~45 bytes: a run of some 750 clock hours at 12 metrics) loses only itself. Never
+    fails the invocation (a lost count is a lower cost estimate, a failed batch would be a real loss)."""
     from decimal import Decimal
 
-    from harvester import aws
+    counts = {k: Decimal(str(round(v, 3))) for k, v in meter.items() if v}
+    _add_to_meter(source, run_id, counts)
+    if series:
+        _add_to_meter(source, run_id, {"metric_series": set(series)})
+
+
+def _add_to_meter(source: str, run_id: str, values: dict[str, Any]) -> None:
     from harvester.ledger import PARTITION_KEY, SORT_KEY, run_pk
 
-    counts = {k: v for k, v in meter.items() if v}
     try:
-        aws.table().update_item(
+        if _table is None:
+            raise RuntimeError("no ledger table to write the meter to (harvester.aws names it)")
+        _table().update_item(
             Key={PARTITION_KEY: run_pk(source, run_id), SORT_KEY: METER_SK},
-            UpdateExpression="ADD " + ", ".join(f"#{k} :{k}" for k in counts),
-            ExpressionAttributeNames={f"#{k}": k for k in counts},
-            ExpressionAttributeValues={f":{k}": Decimal(str(round(v, 3))) for k, v in counts.items()},
+            UpdateExpression="ADD " + ", ".join(f"#{k} :{k}" for k in values),
+            ExpressionAttributeNames={f"#{k}": k for k in values},
+            ExpressionAttributeValues={f":{k}": v for k, v in values.items()},
         )
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        logging.getLogger(__name__).warning("run %s of %s: meter not recorded: %s", run_id, source, exc)
+    except Exception as exc:  # noqa: BLE001 - see _flush
+        logging.getLogger(__name__).warning("run %s of %s: meter not recorded (%s): %s", run_id, source,
+                                            ", ".join(sorted(values)), exc)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
+from harvester import dotted
 from harvester import spec as s
 
 
@@ -28,24 +29,9 @@ class PageRequest:
     number: int = 0  # 0-based page index within one parent's list
 
 
-def extract(body: Any, path: str) -> Any:
-    """Follow a dotted path (`data.items`, `$.data`, `$`) into a JSON body. Integers index lists."""
-    if path in ("$", "", None):
-        return body
-    value = body
-    for part in path.removeprefix("$.").split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and re.fullmatch(r"-?\d+", part) and -len(value) <= int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(path)
-    return value
-
-
 def records_of(body: Any, path: str, url: str) -> list[Any]:
     try:
-        records = extract(body, path)
+        records = dotted.get(body, path)
     except KeyError:
         keys = list(body)[:8] if isinstance(body, dict) else type(body).__name__
         raise PaginationError(f"{url}: no records at {path!r} in the response (top-level: {keys})") from None
@@ -54,18 +40,8 @@ def records_of(body: Any, path: str, url: str) -> list[Any]:
     return records
 
 
-def extract_optional(body: Any, path: str | None) -> Any:
-    """`extract`, or None when the path is not there."""
-    return _optional(body, path)
-
-
-def _optional(body: Any, path: str | None) -> Any:
-    if not path:
-        return None
-    try:
-        return extract(body, path)
-    except KeyError:
-        return None
+#: a body's value at a spec's path, or None (the paths of harvester/dotted.py)
+extract_optional = dotted.get_optional
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
@@ -132,7 +108,7 @@ def next_request(
             return None
         case s.PageNumberPagination() | s.OffsetPagination():
             size = pagination.size if isinstance(pagination, s.PageNumberPagination) else pagination.limit
-            total = _optional(body, pagination.total_path)
+            total = dotted.get_optional(body, pagination.total_path)
             if total is not None:
                 if not isinstance(total, int):
                     raise PaginationError(f"{request.url}: total at {pagination.total_path!r} is not an integer")
@@ -151,7 +127,7 @@ def next_request(
                 p[pagination.offset_param] = str(int(p[pagination.offset_param]) + n_records)
             return PageRequest(url=request.url, params=p, number=nxt)
         case s.CursorPagination():
-            cursor = _optional(body, pagination.cursor_path)
+            cursor = dotted.get_optional(body, pagination.cursor_path)
             if cursor in (None, "", False):
                 return None
             if str(cursor) == request.params.get(pagination.cursor_param):
@@ -160,7 +136,7 @@ def next_request(
                 raise PaginationError(f"{request.url}: the vendor returned the same cursor twice ({cursor!r})")
             return PageRequest(url=request.url, params={**request.params, pagination.cursor_param: str(cursor)}, number=nxt)
         case s.NextUrlPagination():
-            url = _optional(body, pagination.next_url_path)
+            url = dotted.get_optional(body, pagination.next_url_path)
             if not url:
                 return None
             return _next_url(request, urljoin(request.url, str(url)), n_records)

@@ -1,6 +1,6 @@
 """Run-level steps of the workflow: plan a run (validate, write the first manifest) and advance a level.
 
-Both are plain functions over a Store, a Ledger and a spec, so tests call them directly; the Lambda handlers
+Both are plain functions over a HarvestBucket, a Ledger and a spec, so tests call them directly; the Lambda handlers
 in `lambdas/` only wire AWS clients and Powertools around them.
 """
 
@@ -10,20 +10,23 @@ import itertools
 import json
 import re
 import socket
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from harvester import storage
+from harvester import sizing, storage
 from harvester import window as windows
+from harvester.counters import BATCH_SUMS, RUN_TOTALS
 from harvester.ledger import Ledger, batch_sk, expires_at, run_pk, window_pk
+from harvester.payloads import LevelState, MapItem
 from harvester.spec import SourceSpec, SpecError
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
-COUNTERS = ("calls", "records", "pages", "throttled", "retries", "failures", "failed_batches", "token_wait_seconds",
-            "limiter_writes", "tokens_expired")
+#: a run's totals (harvester/counters.py)
+COUNTERS = RUN_TOTALS
 
 
 class InputError(ValueError):
@@ -76,7 +79,7 @@ def parse_input(raw: Any) -> RunInput:
 
 
 def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
-                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger, storage.Store], dict[str, Any]]:
+                prior: dict[str, Any] | None) -> dict[str, Any] | Callable[[Ledger, storage.HarvestBucket], dict[str, Any]]:
     """The run's window: a resume keeps the one its run item recorded; a backfill takes the input's (and never
     touches the bookmark); a daily run of a windowed spec gets a function that takes the next window from the
     ledger's bookmark, called last (a refused run takes no window). Checks everything before anything is written."""
@@ -113,7 +116,7 @@ def plan_window(req: RunInput, spec: SourceSpec, run_id: str, start_time: str,
 
 
 def cursor_state(spec: SourceSpec, level: int, run_id: str, now: datetime, ledger: Ledger,
-                 store: storage.Store) -> dict[str, Any]:
+                 store: storage.HarvestBucket) -> dict[str, Any]:
     """The cursor variant: each parent's largest cursor value from the last run of the source that succeeded
     (its batch items of the windowed level carry them; a parent it did not fetch keeps an older one, since every
     batch carries the cursors it was given forward), written for this run's workers."""
@@ -128,7 +131,7 @@ def cursor_state(spec: SourceSpec, level: int, run_id: str, now: datetime, ledge
 
 
 def default_run_id(start_time: str, execution_name: str) -> str:
-    started = datetime.fromisoformat(start_time.replace("Z", "+00:00")).astimezone(timezone.utc)
+    started = datetime.fromisoformat(start_time.replace("Z", "+00:00")).astimezone(UTC)
     suffix = re.sub(r"[^A-Za-z0-9]", "", execution_name)[:8] or "run"
     return f"{started:%Y%m%dT%H%M%SZ}-{suffix}"
 
@@ -161,7 +164,7 @@ def plan_run(
     *,
     load_spec: Callable[[str], SourceSpec],
     resolve_secret: Callable[[SourceSpec], str | None],
-    store: storage.Store,
+    store: storage.HarvestBucket,
     ledger: Ledger,
     check_url: Callable[[str], None] = check_reachable,
     execution_status: Callable[[str], str | None] | None = None,
@@ -184,13 +187,15 @@ def plan_run(
                 "wait for it to end (or stop it) first"
             )
         run_id, attempt = req.resume, int(prior.get("attempt", 1)) + 1
-        reopened = reopen_batches_missing_output(spec, run_id, store=store, ledger=ledger)
+        reopen_batches_missing_output(spec, run_id, store=store, ledger=ledger)
     else:
         run_id = req.run_id or default_run_id(start_time, execution_name)
         if ledger.get_run(spec.name, run_id) is not None:
-            raise InputError(f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}')
+            raise InputError(
+                f'run {run_id!r} of source {spec.name!r} already exists; to continue it use {{"resume": "{run_id}"}}'
+            )
 
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     window = plan_window(req, spec, run_id, start_time, prior)
     store.put_json(storage.spec_key(spec.name, run_id), spec.model_dump(mode="json"))
     if callable(window):
@@ -232,12 +237,14 @@ def plan_run(
 def root_manifest(spec: SourceSpec, pieces: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Level 0's Map items: one batch with the one empty parent, or one per slice when level 0 is windowed."""
     if spec.window_level != 0 or len(pieces) <= 1:
-        return [{"batch_id": "root", "sk": batch_sk(0, "root"), "parents": [{}]}]
-    return [{"batch_id": f"root-{n:04d}", "sk": batch_sk(0, f"root-{n:04d}"), "parents": [{}], "window": piece}
-            for n, piece in enumerate(pieces)]
+        items = [MapItem(batch_id="root", sk=batch_sk(0, "root"), parents=[{}])]
+    else:
+        items = [MapItem(batch_id=f"root-{n:04d}", sk=batch_sk(0, f"root-{n:04d}"), parents=[{}], window=piece)
+                 for n, piece in enumerate(pieces)]
+    return [item.model_dump(exclude_none=True) for item in items]
 
 
-def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: storage.Store, ledger: Ledger) -> int:
+def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: storage.HarvestBucket, ledger: Ledger) -> int:
     """A resume trusts a finished batch only if every raw part it wrote is still there. A batch with a part gone
     (deleted by hand, lost with a disk) is reopened: its ledger item no longer says SUCCEEDED and its checkpoint
     starts over, so the resume fetches it again and rewrites the same keys. One listing per level. Returns the
@@ -268,19 +275,18 @@ def reopen_batches_missing_output(spec: SourceSpec, run_id: str, *, store: stora
 
 
 def _level_state(spec: SourceSpec, index: int, manifest_key: str, batches: int, parents: int) -> dict[str, Any]:
-    return {
-        "index": index,
-        "name": spec.levels[index].name,
-        "count": len(spec.levels),
-        "manifest_key": manifest_key,
-        "batches": batches,
-        "parents": parents,
-        "max_concurrency": max(1, min(spec.workers(), batches)),
-        "done": False,
-    }
+    return LevelState(
+        index=index,
+        name=spec.levels[index].name,
+        count=len(spec.levels),
+        manifest_key=manifest_key,
+        batches=batches,
+        parents=parents,
+        max_concurrency=max(1, min(sizing.workers(spec), batches)),
+    ).model_dump()
 
 
-def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Store, ledger: Ledger) -> dict[str, Any]:
+def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.HarvestBucket, ledger: Ledger) -> dict[str, Any]:
     """Total the finished level from the ledger and write the next level's manifest from the batches' children."""
     run, level = state["run"], state["level"]
     source, run_id, index, attempt = run["source"], run["run_id"], level["index"], str(run["attempt"])
@@ -304,12 +310,6 @@ def advance_level(state: dict[str, Any], *, spec: SourceSpec, store: storage.Sto
     return {**state, "level": _level_state(spec, nxt, key, batches, parents), "totals": totals, "last_level": counts}
 
 
-#: figures of a batch item that a level's totals add up (token_wait_seconds, limiter_writes, tokens_expired: the
-#: shared limiter's waits, its DynamoDB writes, and tokens leased and never used)
-BATCH_SUMS = ("calls", "records", "pages", "throttled", "retries", "failures", "token_wait_seconds", "limiter_writes",
-              "tokens_expired")
-
-
 def level_counts(ledger: Ledger, source: str, run_id: str, index: int, attempt: str) -> tuple[dict[str, Any], int]:
     """(sums over the level's batch items, calls made by this attempt), reading the items a page at a time."""
     sums: dict[str, Any] = dict.fromkeys(BATCH_SUMS, 0) | {"failed_batches": 0, "batch_items": 0}
@@ -324,7 +324,7 @@ def level_counts(ledger: Ledger, source: str, run_id: str, index: int, attempt: 
     return sums, attempt_calls
 
 
-def write_manifest(store: storage.Store, source: str, run_id: str, level: int) -> tuple[str, int, int] | None:
+def write_manifest(store: storage.HarvestBucket, source: str, run_id: str, level: int) -> tuple[str, int, int] | None:
     """Merge the child lists the batches of level-1 wrote into level's manifest, streaming: one child list read
     at a time (a few ahead), the JSON array uploaded in parts as it grows, so the memory does not grow with the
     level. Returns (key, Map items, parents), or None when the batches found no children (no manifest).

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,7 +69,7 @@ class PageNumberPagination(_Model):
     stop_on: Literal["short_page", "empty_page"] = "short_page"
 
     @model_validator(mode="after")
-    def _distinct_params(self) -> "PageNumberPagination":
+    def _distinct_params(self) -> PageNumberPagination:
         if self.size_param and self.size_param == self.page_param:
             raise ValueError(f"page_param and size_param are both {self.page_param!r}")
         return self
@@ -86,7 +86,7 @@ class OffsetPagination(_Model):
     stop_on: Literal["short_page", "empty_page"] = "short_page"  # as for page_number
 
     @model_validator(mode="after")
-    def _distinct_params(self) -> "OffsetPagination":
+    def _distinct_params(self) -> OffsetPagination:
         if self.offset_param == self.limit_param:
             raise ValueError(f"offset_param and limit_param are both {self.offset_param!r}")
         return self
@@ -118,23 +118,10 @@ class LinkHeaderPagination(_Model):
 
 
 Pagination = Annotated[
-    Union[
-        NoPagination,
-        PageNumberPagination,
-        OffsetPagination,
-        CursorPagination,
-        NextUrlPagination,
-        LinkHeaderPagination,
-    ],
+    NoPagination | PageNumberPagination | OffsetPagination | CursorPagination | NextUrlPagination | LinkHeaderPagination,
     Field(discriminator="type"),
 ]
 
-#: automatic batch size (a level without `batch_size`): seconds of calls per batch at one worker's share of the
-#: rate, and its bounds; without a rate limit, a fixed size
-BATCH_SECONDS = 30
-AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_BATCH_UNLIMITED = 10, 500, 100
-#: calls/s one fetch worker (one vCPU) sustains with room to spare, and the fewest workers a rate-limited level runs
-RATE_PER_WORKER, MIN_WORKERS = 50, 2
 #: more levels than any API has: a spec with thousands is a mistake (each level is a Map run and a ledger item)
 MAX_LEVELS = 20
 
@@ -201,7 +188,7 @@ class StatusRules(_Model):
     auth: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_class_per_status(self) -> "StatusRules":
+    def _one_class_per_status(self) -> StatusRules:
         seen: dict[int, str] = {}
         for cls in STATUS_CLASSES:
             for status in getattr(self, cls):
@@ -221,9 +208,43 @@ class StatusRules(_Model):
 
 
 class Schedule(_Model):
-    cron: str
+    """When the deployed stack starts a run (an EventBridge Scheduler schedule, stacks/schedules.py)."""
+
+    cron: str  # EventBridge Scheduler's cron, "0 3 * * ? *", written bare or as "cron(0 3 * * ? *)"
     timezone: str = "UTC"
     enabled: bool = True
+
+    @property
+    def expression(self) -> str:
+        body = self.cron.strip()
+        return body if body.startswith("cron(") else f"cron({body})"
+
+    @field_validator("cron")
+    @classmethod
+    def _six_fields(cls, v: str) -> str:
+        """Scheduler's cron has six fields, one of day-of-month and day-of-week '?'
+        ("Cron-based schedules", https://docs.aws.amazon.com/scheduler/latest/UserGuide/schedule-types.html)."""
+        body = v.strip()
+        body = body[5:-1] if body.startswith("cron(") and body.endswith(")") else body
+        fields = body.split()
+        if len(fields) != 6:
+            raise ValueError(f"expected six fields 'minutes hours day-of-month month day-of-week year', e.g. "
+                             f"'0 3 * * ? *', got {v!r}")
+        if "?" not in (fields[2], fields[4]):
+            raise ValueError(f"one of day-of-month and day-of-week must be '?', got {v!r}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        """An IANA zone. Where the machine has no zone database at all (a minimal Lambda image may not), the zone
+        is not checked here: `cdk synth` parsed the same spec and checked it before the deploy."""
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            if available_timezones():
+                raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
 
 class Level(_Model):
@@ -234,7 +255,7 @@ class Level(_Model):
     records: str = "$"
     primary_key: list[str] | None = None
     pagination: Pagination = Field(default_factory=lambda: NoPagination(type="none"))
-    # parents per Map item (one fetch invocation); None: sized from the rate limit, see SourceSpec.batch_size
+    # parents per Map item (one fetch invocation); None: sized from the rate limit, see harvester/sizing.py
     batch_size: int | None = Field(None, gt=0, le=1000)
     time_field: str | None = None
     types: dict[str, str] = Field(default_factory=dict)
@@ -306,33 +327,6 @@ class SourceSpec(_Model):
                 raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
         return [o.rstrip("/") for o in v]
 
-    def workers(self) -> int:
-        """Fetch workers a level runs at once (the Map's MaxConcurrency, at most as many as it has batches):
-        enough for the rate limit, no more, since a worker waiting for tokens is Lambda time paid for nothing.
-        A worker keeps rate x latency calls in flight (Little's law), so latency needs lanes, not workers; what
-        bounds one worker is the CPU its calls take (RATE_PER_WORKER); at least two, so that while one starts or
-        ends a batch the other keeps the rate. Without a limit, or when the spec's `max_concurrency` is lower:
-        `max_concurrency`."""
-        if not self.rate_limit:
-            return self.max_concurrency
-        needed = max(MIN_WORKERS, math.ceil(self.rate_limit.requests_per_second / RATE_PER_WORKER))
-        return min(self.max_concurrency, needed)
-
-    def batch_size(self, index: int) -> int:
-        """Parents per Map item at level ``index``: the level's ``batch_size``, or, when it is not set, about
-        BATCH_SECONDS of calls at one worker's share of the rate limit (one call per parent assumed), within
-        [AUTO_BATCH_MIN, AUTO_BATCH_MAX]. Every batch has a fixed cost (an invocation, the checkpoint and ledger
-        writes, a Map item) and a worker that ends a batch leaves the rate to the others for a moment, so a
-        batch should last long against that; a batch's records are held in memory until written, which caps
-        it. Without a rate limit: AUTO_BATCH_UNLIMITED."""
-        level = self.levels[index]
-        if level.batch_size:
-            return level.batch_size
-        if not self.rate_limit:
-            return AUTO_BATCH_UNLIMITED
-        share = self.rate_limit.requests_per_second / self.workers()
-        return max(AUTO_BATCH_MIN, min(AUTO_BATCH_MAX, math.ceil(share * BATCH_SECONDS)))
-
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -346,7 +340,7 @@ class SourceSpec(_Model):
         return next((i for i, level in enumerate(self.levels) if level.window is not None), None)
 
     @model_validator(mode="after")
-    def _templates_refer_to_ancestors(self) -> "SourceSpec":
+    def _templates_refer_to_ancestors(self) -> SourceSpec:
         windowed = [i for i, level in enumerate(self.levels) if level.window is not None]
         for i in windowed:
             if self.levels[i].window.cursor and i != len(self.levels) - 1:

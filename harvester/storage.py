@@ -1,6 +1,6 @@
-"""S3 layout and object formats. Every key is deterministic, so a retried step overwrites its own output.
-
-See docs/architecture.md for the layout.
+"""The harvest's bucket (`HarvestBucket`: JSON state, gzip NDJSON records, listings, streamed JSON arrays) and the
+raw records' format. The keys themselves are in harvester/s3keys.py (imported here for the callers that reach them
+as `storage.<key>`); what each holds: docs/architecture.md, "S3 layout".
 """
 
 from __future__ import annotations
@@ -9,51 +9,25 @@ import gzip
 import io
 import json
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any
+
+from harvester.s3keys import (  # noqa: F401 - the keys, one definition: harvester/s3keys.py
+    checkpoint_key,
+    children_key,
+    children_prefix,
+    cursors_key,
+    manifest_key,
+    raw_key,
+    raw_prefix,
+    run_prefix,
+    spec_key,
+)
 
 #: bytes per part of a multipart upload: S3's smallest part (every part but the last must be at least 5 MiB,
 #: https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html), so a streamed object holds one part in memory
 PART_BYTES = 5 * 1024 * 1024
-
-
-def run_prefix(source: str, run_id: str) -> str:
-    return f"runs/{source}/{run_id}"
-
-
-def spec_key(source: str, run_id: str) -> str:
-    return f"{run_prefix(source, run_id)}/spec.json"
-
-
-def manifest_key(source: str, run_id: str, level: int) -> str:
-    return f"{run_prefix(source, run_id)}/manifests/{level}.json"
-
-
-def children_prefix(source: str, run_id: str, level: int) -> str:
-    """Where the batches of level `level - 1` put the Map items of level `level`."""
-    return f"{run_prefix(source, run_id)}/children/{level}/"
-
-
-def children_key(source: str, run_id: str, level: int, batch_id: str, part: int) -> str:
-    return f"{children_prefix(source, run_id, level)}{batch_id}-{part:03d}.json"
-
-
-def cursors_key(source: str, run_id: str) -> str:
-    """The cursor variant's per-parent cursors a run starts from (harvester/run.py cursor_state)."""
-    return f"runs/{source}/{run_id}/cursors.json"
-
-
-def checkpoint_key(source: str, run_id: str, level: int, batch_id: str) -> str:
-    return f"{run_prefix(source, run_id)}/checkpoints/{level}/{batch_id}.json"
-
-
-def raw_prefix(source: str, run_id: str, level_name: str | None = None) -> str:
-    base = f"raw/{source}/{run_id}/"
-    return f"{base}{level_name}/" if level_name else base
-
-
-def raw_key(source: str, run_id: str, level_name: str, batch_id: str, part: int) -> str:
-    return f"{raw_prefix(source, run_id, level_name)}{batch_id}-{part:03d}.jsonl.gz"
 
 
 def encode_ndjson_gz(records: Iterable[dict[str, Any]]) -> bytes:
@@ -83,7 +57,7 @@ def decode_ndjson_gz(body: bytes) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-class Store:
+class HarvestBucket:
     """The run's bucket. Thin over an S3 client so tests and the local engine can hand in moto's."""
 
     def __init__(self, s3, bucket: str):

@@ -7,8 +7,11 @@ object; `{{` and `}}` are literal braces. Values are URL-quoted when they go int
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
+
+from harvester import dotted
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _REF = re.compile(r"^([a-z][a-z0-9_]*)\.([A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*)$")
@@ -39,14 +42,10 @@ def references(text: str) -> list[tuple[str, str]]:
 
 
 def lookup(record: Mapping[str, Any], field: str) -> Any:
+    """A record's field by its dotted path (harvester/dotted.py); KeyError when it has none."""
     if field in record:  # a lineage context keeps a nested field flat, under its dotted name (`meta.slug`)
         return record[field]
-    value: Any = record
-    for part in field.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(field)
-        value = value[part]
-    return value
+    return dotted.get(record, field)
 
 
 def render(text: str, context: Mapping[str, Mapping[str, Any]], *, for_path: bool) -> str:

@@ -18,20 +18,22 @@ call must end in, so no call is in flight when the results are written.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from harvester import paginate, storage, window
+from harvester import paginate, sizing, storage, timeline, window
+from harvester.checkpoint import Checkpoint
 from harvester.client import AuthFailed, CallFailed, Fetcher, LoopDetected, OutOfTime, ssl_context
+from harvester.counters import BatchCounts
 from harvester.ledger import Ledger, batch_sk
+from harvester.payloads import MapItem
 from harvester.spec import SourceSpec
 from harvester.template import lookup
 
@@ -80,13 +82,20 @@ def flush_settings() -> tuple[int, float]:
             float(os.environ.get("HARVESTER_FLUSH_SECONDS") or FLUSH_SECONDS))
 
 
+#: lanes per request in flight that Little's law asks for (see lanes_needed)
+LANE_HEADROOM = 4
+
+
 def lanes_needed(rate_share: float | None, latency: float, cap: int) -> int:
     """Little's law: to sustain `rate_share` requests/s at `latency` seconds each, keep rate x latency requests
-    in flight (x2 headroom: latency jitter, and workers that finish early leave their share to the others;
-    +1 so a lane waiting on a token does not idle the pipe). The shared limiter keeps the sum under the rate."""
+    in flight, x LANE_HEADROOM (4), +1. The shared limiter keeps the sum under the rate, so the extra lanes wait for
+    a send slot, which costs nothing; they are what spends a lease: its slots are spaced at the *fleet's* rate,
+    so a worker whose lanes are all in flight lets them expire (simulated at 1,000 r/s with 4 workers: x2 left 36 %
+    of the tokens unused, utilisation 0.70; x4: 3 %, 0.97; at 200 r/s 0.91 -> 1.00). It also covers latency
+    jitter, and workers that finish early leave their share to the others."""
     if rate_share is None:
         return cap
-    return max(1, min(cap, int(rate_share * latency * 2) + 1))
+    return max(1, min(cap, int(rate_share * latency * LANE_HEADROOM) + 1))
 
 
 class BatchIncomplete(Exception):
@@ -179,44 +188,41 @@ def _request(req: paginate.PageRequest) -> dict[str, Any]:
     return {"url": req.url, "params": req.params, "number": req.number}
 
 
-def _new_checkpoint() -> dict[str, Any]:
-    return {"done": [], "parts": 0, "records": 0, "children": 0, "calls_by_attempt": {}, "pages": 0,
-            "throttled": 0, "retries": 0, "invocations": 0, "failed": {},
-            "partial": {}}  # partial: parent -> {"next": page request, "fetched": records stored so far}
-
-
 class _Batch:
     """One invocation's work on a batch: lists in progress, the checkpoint, the parts it writes."""
 
-    def __init__(self, spec: SourceSpec, run: dict[str, Any], level_index: int, batch: dict[str, Any], *,
-                 store: storage.Store, ledger: Ledger, limiter) -> None:
+    def __init__(self, spec: SourceSpec, run: dict[str, Any], level_index: int, batch: MapItem, *,
+                 store: storage.HarvestBucket, ledger: Ledger, limiter) -> None:
         self.spec, self.store, self.ledger, self.limiter = spec, store, ledger, limiter
         self.source, self.run_id, self.attempt = run["source"], run["run_id"], int(run.get("attempt", 1))
         self.ttl = int(run["expires_at"])
         self.level_index, self.level = level_index, spec.levels[level_index]
         self.is_leaf = level_index == len(spec.levels) - 1
-        self.batch_id = batch["batch_id"]
+        self.batch_id = batch.batch_id
         # a parent listed twice (offset drift in its parent's list) is one parent: fetched and counted once
-        self.parents = list({parent_key(p, spec): p for p in batch["parents"]}.values())
+        self.parents = list({parent_key(p, spec): p for p in batch.parents}.values())
         # {window.start}/{window.end}: the batch's slice of the run's window, or the whole window
         wl = spec.window_level
-        self.window = window.context(None if wl is None else spec.levels[wl].window, batch.get("window") or run.get("window"))
+        self.window = window.context(None if wl is None else spec.levels[wl].window, batch.window or run.get("window"))
         self.slices = run.get("slices") if wl == level_index + 1 else None  # the next level's Map items per slice
         # the cursor variant: each parent's largest cursor field so far, sent back as {window.since}
         self.cursor = spec.levels[wl].window.cursor if wl == level_index and self.window else None
         self.cursors = store.get_json(run["cursor_key"], default={}) if self.cursor and run.get("cursor_key") else {}
         self.ck_key = storage.checkpoint_key(self.source, self.run_id, level_index, self.batch_id)
-        self.ck = {**_new_checkpoint(), **(store.get_json(self.ck_key, default=None) or {})}
+        self.ck = Checkpoint.load(store.get_json(self.ck_key, default=None))
         ck = self.ck
-        self.base = {"calls": ck["calls_by_attempt"].get(str(self.attempt), 0), "pages": ck["pages"],
-                     "throttled": ck["throttled"], "retries": ck["retries"], "invocations": ck["invocations"],
-                     "token_wait_seconds": float(ck.get("token_wait_seconds", 0.0)),
-                     "limiter_writes": ck.get("limiter_writes", 0), "tokens_expired": ck.get("tokens_expired", 0)}
-        self.prior_calls = sum(ck["calls_by_attempt"].values())
-        self.resume_at = dict(ck["partial"])  # lists an earlier invocation cut: where they go on
-        self.done = set(ck["done"])
+        self.base = {"calls": ck.calls_by_attempt.get(str(self.attempt), 0), "pages": ck.pages,
+                     "throttled": ck.throttled, "retries": ck.retries, "invocations": ck.invocations,
+                     "token_wait_seconds": ck.token_wait_seconds, "limiter_writes": ck.limiter_writes,
+                     "tokens_expired": ck.tokens_expired,
+                     "cpu_seconds": ck.cpu_seconds}
+        self.cpu_started = time.process_time()  # the worker's CPU on this batch (on AWS: what Lambda bills)
+        self.prior_calls = sum(ck.calls_by_attempt.values())
+        self.timeline = timeline.Timeline(ck.timeline)  # sends, 429s, retries per second: the run report
+        self.resume_at = dict(ck.partial)  # lists an earlier invocation cut: where they go on
+        self.done = set(ck.done)
         # a parent that failed permanently in this attempt is not refetched by a continuation; a resume retries it
-        failed_now = {k for k, f in ck["failed"].items() if f.get("attempt") == self.attempt}
+        failed_now = {k for k, f in ck.failed.items() if f.get("attempt") == self.attempt}
         self.todo = [p for p in self.parents if parent_key(p, spec) not in self.done | failed_now]
         self.order = {parent_key(p, spec): i for i, p in enumerate(self.todo)}
         self.lists: dict[str, _List] = {}
@@ -245,18 +251,20 @@ class _Batch:
         margin = min(30.0, 0.1 * time_budget)  # stop starting parents a little before the budget ends
         # requests in flight: fixed by the spec, or sized from this worker's share of the rate and the latency seen
         cap = spec.max_in_flight or MAX_IN_FLIGHT
-        workers = workers or spec.workers()  # batches of this level running at once
+        workers = workers or sizing.workers(spec)  # batches of this level running at once
         rate_share = spec.rate_limit.requests_per_second / workers if spec.rate_limit else None
         in_flight = cap if spec.max_in_flight else min(cap, START_IN_FLIGHT)
         timeout = httpx.Timeout(spec.timeouts.read, connect=spec.timeouts.connect)
         limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
         headers = {"User-Agent": "harvester/0.1", "Accept": "application/json", **spec.headers}
         async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, headers=headers, transport=transport, follow_redirects=False,  # Fetcher._get follows them
+            timeout=timeout, limits=limits, headers=headers, transport=transport,
+            follow_redirects=False,  # Fetcher._get follows them
             verify=ssl_context(),
         ) as http:
             self.fetcher = Fetcher(spec, http, self.limiter, secret, deadline - min(1.0, 0.05 * time_budget),
                                    call_deadline=None if call_window is None else started + call_window)
+            self.fetcher.stats = self.timeline.stats()  # the counter hook (harvester/timeline.py)
             queue: asyncio.Queue = asyncio.Queue()
             for p in self.todo:
                 queue.put_nowait(p)
@@ -278,7 +286,7 @@ class _Batch:
                     parent = queue.get_nowait()
                     # each list not started yet needs at least one call: the limiter leases no further ahead than
                     # that, so a worker near its end leaves no unused tokens behind (others could have used them)
-                    self.limiter.expect(queue.qsize())
+                    self.limiter.expect(queue.qsize(), lanes=sum(not task.done() for task in self.lanes))
                     await self.walk(parent)
                     grow()
 
@@ -321,7 +329,7 @@ class _Batch:
                                      recent=[[], list(resume.get("recent_keys", []))] if resume else [[], []])
         ctx = template_context(parent, self.spec) | ({"window": self.window} if self.window else {})
         if self.cursor:
-            seen = self.ck.setdefault("cursors", {})
+            seen = self.ck.cursors = self.ck.cursors or {}
             seen[key] = window.newer(seen.get(key), self.cursors.get(key))
             if self.cursors.get(key) is not None:
                 ctx["window"] = {**self.window, "since": str(self.cursors[key])}
@@ -357,7 +365,7 @@ class _Batch:
             self.auth_streak = 0
             self.buffered += len(page)
             if self.cursor:
-                self.ck["cursors"][key] = window.highest(page, self.cursor.field, self.ck["cursors"].get(key))
+                self.ck.cursors[key] = window.highest(page, self.cursor.field, self.ck.cursors.get(key))
             if self.flush_due():  # outside the try: a failed write is the invocation's failure, not the parent's
                 await self.flush()
 
@@ -399,7 +407,7 @@ class _Batch:
             fields = {"status": "RUNNING", "parents": len(self.parents),
                       "done_parents": len(self.done) + sum(st.done for st in self.lists.values()),
                       "calls": self.prior_calls + now.calls, "throttled": self.base["throttled"] + now.throttled,
-                      "records": self.ck["records"] + self.buffered, "last_attempt": self.attempt}
+                      "records": self.ck.records + self.buffered, "last_attempt": self.attempt}
             try:
                 await asyncio.to_thread(self.ledger.put_progress, self.source, self.run_id, self.level_index,
                                         self.batch_id, fields, self.ttl)
@@ -418,27 +426,27 @@ class _Batch:
             if not final and not self.flush_due():
                 return  # another lane flushed while this one waited
             part, records, kids = self.take()
-            ck = copy.deepcopy(self.ck)
+            ck = self.ck.model_copy(deep=True)
             rewrites, self.rewrites = self.rewrites, []
             self.last_flush = time.monotonic()
             written = await asyncio.to_thread(self.write, part, records, kids, ck, rewrites)
-            self.ck["bytes"] = ck["bytes"]
+            self.ck.bytes = ck.bytes
             self.records_written += len(records)
             self.bytes_written += written
 
     def take(self) -> tuple[int | None, list[dict[str, Any]], list[dict[str, Any]]]:
         """Move what is waiting into the checkpoint (in memory): returns the part's number (None when there are no
         records: no part), its records and the next level's parents, in the batch's parent order."""
-        fetched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fetched_at = datetime.now(UTC).isoformat(timespec="seconds")
         records: list[dict[str, Any]] = []
         kids: list[dict[str, Any]] = []
-        next_part = self.ck["parts"]
+        next_part = self.ck.parts
         for st in sorted((s for s in self.lists.values() if s.dirty), key=lambda s: self.order[s.key]):
             if st.discard:  # a loop: none of its records, and the parts that hold some are rewritten without them
                 if st.parts:
                     self.rewrites.append((st.parent, sorted(set(st.parts))))
-                    self.ck["records"] -= st.stored  # counted when its parts were written
-                self.ck["partial"].pop(st.key, None)
+                    self.ck.records -= st.stored  # counted when its parts were written
+                self.ck.partial.pop(st.key, None)
                 del self.lists[st.key]
                 continue
             if st.records:
@@ -452,27 +460,27 @@ class _Batch:
             if st.done:
                 self.done.add(st.key)
                 self.completed += 1
-                self.ck["partial"].pop(st.key, None)
-                self.ck["failed"].pop(st.key, None)
+                self.ck.partial.pop(st.key, None)
+                self.ck.failed.pop(st.key, None)
                 del self.lists[st.key]
             else:
                 # a list cut by the deadline, by a flush, or by a failure after some pages: it goes on from here
                 # (refetching the pages before it would write them twice)
-                self.ck["partial"][st.key] = {"next": _request(st.next), "fetched": st.stored,
-                                              "parts": sorted(set(st.parts)), "recent_keys": st.recent[1]}
+                self.ck.partial[st.key] = {"next": _request(st.next), "fetched": st.stored,
+                                           "parts": sorted(set(st.parts)), "recent_keys": st.recent[1]}
         for key, failure in self.failures.items():
-            self.ck["failed"][key] = {**failure, "attempt": self.attempt}
+            self.ck.failed[key] = {**failure, "attempt": self.attempt}
         self.failures = {}
         self.buffered = 0
         part = None
         if records:
-            part = self.ck["parts"]
-            self.ck["parts"] = part + 1
-        self.ck["done"] = sorted(self.done)
-        self.ck["records"] += len(records)
-        self.ck["children"] += len(kids)
-        self.ck["bad_records"] = self.ck.get("bad_records", 0) + self.bad_records
-        self.ck["duplicates"] = self.ck.get("duplicates", 0) + self.duplicates
+            part = self.ck.parts
+            self.ck.parts = part + 1
+        self.ck.done = sorted(self.done)
+        self.ck.records += len(records)
+        self.ck.children += len(kids)
+        self.ck.bad_records += self.bad_records
+        self.ck.duplicates += self.duplicates
         self.bad_records = self.duplicates = 0
         self.count()
         return part, records, kids
@@ -480,16 +488,20 @@ class _Batch:
     def count(self) -> None:
         """The checkpoint's counters: what earlier invocations counted plus this one's so far."""
         stats, lim, base, ck = self.fetcher.stats, self.limiter.stats(), self.base, self.ck
-        ck["calls_by_attempt"][str(self.attempt)] = base["calls"] + stats.calls
-        ck["pages"], ck["throttled"] = base["pages"] + stats.pages, base["throttled"] + stats.throttled
-        ck["retries"], ck["invocations"] = base["retries"] + stats.retries, base["invocations"] + 1
-        ck["token_wait_seconds"] = round(base["token_wait_seconds"] + float(lim.get("wait_seconds", 0.0)), 3)
-        ck["limiter_writes"] = base["limiter_writes"] + int(lim.get("lease_writes", 0))
+        ck.calls_by_attempt[str(self.attempt)] = base["calls"] + stats.calls
+        ck.pages, ck.throttled = base["pages"] + stats.pages, base["throttled"] + stats.throttled
+        ck.retries, ck.invocations = base["retries"] + stats.retries, base["invocations"] + 1
+        ck.token_wait_seconds = round(base["token_wait_seconds"] + float(lim.get("wait_seconds", 0.0)), 3)
+        ck.limiter_writes = base["limiter_writes"] + int(lim.get("lease_writes", 0))
         # tokens this worker leased from the shared bucket and never used: vendor capacity the run left unused
-        ck["tokens_expired"] = base["tokens_expired"] + int(lim.get("tokens_expired", 0))
+        ck.tokens_expired = base["tokens_expired"] + int(lim.get("tokens_expired", 0))
+        ck.timeline = self.timeline.encode()
+        # CPU seconds of the worker process on this batch (all its threads): calls per CPU-second bound what one
+        # Lambda can carry, and GB-seconds are billed for it
+        ck.cpu_seconds = round(base["cpu_seconds"] + time.process_time() - self.cpu_started, 3)
 
     def write(self, part: int | None, records: list[dict[str, Any]], kids: list[dict[str, Any]],
-              ck: dict[str, Any], rewrites: list[tuple[dict[str, Any], list[int]]] = ()) -> int:
+              ck: Checkpoint, rewrites: list[tuple[dict[str, Any], list[int]]] = ()) -> int:
         """The part's objects first, the checkpoint last: a checkpoint never names a part that is not written."""
         for parent, parts in rewrites:
             self.take_out(parent, parts)
@@ -500,8 +512,8 @@ class _Batch:
             if kids:
                 self.store.put_json(storage.children_key(self.source, self.run_id, self.level_index + 1,
                                                          self.batch_id, part), self.child_items(part, kids))
-        ck["bytes"] = ck.get("bytes", 0) + written
-        self.store.put_json(self.ck_key, ck)
+        ck.bytes += written
+        self.store.put_json(self.ck_key, ck.dump())
         return written
 
     def take_out(self, parent: dict[str, dict[str, Any]], parts: list[int]) -> None:
@@ -524,7 +536,7 @@ class _Batch:
             self.store.put_json(ckey, [item for item in items if item["parents"]])
 
     def child_items(self, part: int, kids: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        size = self.spec.batch_size(self.level_index + 1)
+        size = sizing.batch_size(self.spec, self.level_index + 1)
         items = []
         for chunk, start in enumerate(range(0, len(kids), size)):
             for n, piece in enumerate(self.slices or [None]):  # a sliced window: an item per parents and slice
@@ -537,28 +549,33 @@ class _Batch:
     def finish(self, started: float) -> dict[str, Any]:
         """The batch item and failures in the ledger; returns the summary or raises BatchIncomplete/BatchFailed."""
         ck, stats = self.ck, self.fetcher.stats
-        unfinished = len(self.parents) - len(ck["done"])
+        unfinished = len(self.parents) - len(ck.done)
         left = len(self.todo) - self.completed - len(self.failed_keys)  # parents not tried: time ran out
         status = "RUNNING" if left and self.auth_error is None else ("SUCCEEDED" if unfinished == 0 else "FAILED")
-        current_failures = [f for f in ck["failed"].values() if f.get("attempt") == self.attempt]
+        current_failures = [f for f in ck.failed.values() if f.get("attempt") == self.attempt]
+        counts = BatchCounts(  # what the level's and the run's totals add up (harvester/counters.py)
+            calls=sum(ck.calls_by_attempt.values()), records=ck.records, pages=ck.pages, throttled=ck.throttled,
+            retries=ck.retries, failures=len(current_failures), token_wait_seconds=ck.token_wait_seconds,
+            limiter_writes=ck.limiter_writes, tokens_expired=ck.tokens_expired,
+        )
         summary = {
-            "status": status, "parents": len(self.parents), "done_parents": len(ck["done"]),
-            "records": ck["records"], "bytes": ck.get("bytes", 0), "children": ck["children"],
-            "calls": sum(ck["calls_by_attempt"].values()), "calls_by_attempt": ck["calls_by_attempt"],
-            "pages": ck["pages"], "throttled": ck["throttled"], "retries": ck["retries"], "parts": ck["parts"],
-            "invocations": ck["invocations"], "last_attempt": self.attempt, "failures": len(current_failures),
-            "token_wait_seconds": ck["token_wait_seconds"], "limiter_writes": ck["limiter_writes"],
-            "tokens_expired": ck["tokens_expired"], "current_rate": self.limiter.stats().get("current_rate"),
-            "bad_records": ck.get("bad_records", 0), "duplicates": ck.get("duplicates", 0),
+            "status": status, "parents": len(self.parents), "done_parents": len(ck.done), **counts.model_dump(),
+            "bytes": ck.bytes, "children": ck.children, "calls_by_attempt": dict(ck.calls_by_attempt),
+            "parts": ck.parts, "invocations": ck.invocations, "last_attempt": self.attempt,
+            "current_rate": self.limiter.stats().get("current_rate"),
+            "bad_records": ck.bad_records, "duplicates": ck.duplicates,
             "seconds": round(time.monotonic() - started, 3),
-            **({"cursors": ck.get("cursors", {})} if self.cursor else {}),
+            **({"cursors": ck.cursors or {}} if self.cursor else {}),
         }
+        # with the last part's write (after the checkpoint's count)
+        summary["cpu_seconds"] = round(self.base["cpu_seconds"] + time.process_time() - self.cpu_started, 3)
         self.ledger.put_failures(self.source, self.run_id, self.level_index, self.batch_id, current_failures, self.ttl)
         if current_failures:
             first = current_failures[0]
             summary["error"] = (f"{len(current_failures)} of {len(self.parents)} parents failed, first: "
                                 f"{first['reason']} ({first['url']})")
-        self.ledger.put_batch(self.source, self.run_id, self.level_index, self.batch_id, summary, self.ttl)
+        self.ledger.put_batch(self.source, self.run_id, self.level_index, self.batch_id,
+                              {**summary, "timeline": ck.timeline}, self.ttl)  # not in the result: payloads
         result = {"batch_id": self.batch_id, **summary, "call_stats": stats.as_dict(),
                   "bytes_written": self.bytes_written, "records_written": self.records_written}
         error: Exception | None = None
@@ -566,7 +583,7 @@ class _Batch:
             error = BatchFailed(f"{self.auth_error.reason} ({self.auth_error.url}); {unfinished} parents left for a resume")
         elif status == "RUNNING":
             error = BatchIncomplete(
-                f"batch {self.batch_id}: {len(ck['done'])}/{len(self.parents)} parents done when the time budget "
+                f"batch {self.batch_id}: {len(ck.done)}/{len(self.parents)} parents done when the time budget "
                 "ran out; the next attempt continues from the checkpoint")
         elif status == "FAILED":
             error = BatchFailed(f"batch {self.batch_id}: " + summary.get("error", f"{unfinished} parents not done"))
@@ -580,9 +597,9 @@ async def harvest_batch(
     spec: SourceSpec,
     run: dict[str, Any],
     level_index: int,
-    batch: dict[str, Any],
+    batch: MapItem | dict[str, Any],
     *,
-    store: storage.Store,
+    store: storage.HarvestBucket,
     ledger: Ledger,
     limiter,
     secret: str | None,
@@ -596,14 +613,15 @@ async def harvest_batch(
     `time_budget`: seconds from now in which calls may start; `call_window`: seconds from now by which every
     call has ended (see `time_plan`; None: a call ends by the spec's timeouts)."""
     started = time.monotonic()
-    existing = ledger.get_batch(run["source"], run["run_id"], level_index, batch["batch_id"])
+    batch = MapItem.model_validate(batch)  # the Map item, parsed once for the batch (a MapItem passes as it is)
+    existing = ledger.get_batch(run["source"], run["run_id"], level_index, batch.batch_id)
     if existing and existing.get("status") == "SUCCEEDED":
-        return {"batch_id": batch["batch_id"], "status": "SUCCEEDED", "skipped": True}
+        return {"batch_id": batch.batch_id, "status": "SUCCEEDED", "skipped": True}
     job = _Batch(spec, run, level_index, batch, store=store, ledger=ledger, limiter=limiter)
-    ACTIVE.append(batch["batch_id"])
+    ACTIVE.append(batch.batch_id)
     try:
         await job.fetch(secret, started, time_budget, call_window, transport, workers)
     finally:
-        ACTIVE.remove(batch["batch_id"])
+        ACTIVE.remove(batch.batch_id)
     await job.flush(final=True)
     return job.finish(started)

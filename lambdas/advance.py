@@ -7,6 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
 from harvester.metering import metered
+from harvester.payloads import RunState
 from harvester.run import advance_level
 
 logger = Logger()
@@ -17,7 +18,8 @@ tracer = Tracer()
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:
-    spec = aws.run_spec(event["run"])
-    state = advance_level(event, spec=spec, store=aws.store(), ledger=aws.ledger())
-    logger.info("level done", extra={"level": event["level"]["name"], "counts": state["last_level"]})
-    return state
+    current = RunState.model_validate(event)  # the workflow's state, checked where it comes in
+    spec = aws.run_spec(current.run)
+    state = advance_level(current.model_dump(), spec=spec, store=aws.store(), ledger=aws.ledger())
+    logger.info("level done", extra={"level": current.level.name, "counts": state["last_level"]})
+    return RunState.model_validate(state).model_dump()  # and where it goes out

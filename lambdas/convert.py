@@ -14,20 +14,19 @@ One function, five steps (the workflow's Payload names the step, so one pyarrow 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from harvester import aws
-from harvester.metering import metered
-from harvester.lake import layout
+from harvester import aws, s3keys
 from harvester.lake.compact import DEFAULT_TARGET_BYTES, cleanup_staging, compact_partition, plan_compaction
 from harvester.lake.convert import DEFAULT_GROUP_BYTES, convert_group, load_plan, plan_conversion
 from harvester.lake.index import FileIndex
 from harvester.lake.store import S3Store, get_many
+from harvester.metering import metered
 
 logger = Logger()
 tracer = Tracer()
@@ -102,7 +101,7 @@ def plan_compaction_handler(event: RunEvent, context: LambdaContext) -> dict:
     run = event.run
     store = lake_store()
     items = plan_compaction(store, source=run["source"], run_id=run["run_id"])
-    key = layout.compaction_plan_key(run["source"], run["run_id"])
+    key = s3keys.compaction_plan_key(run["source"], run["run_id"])
     store.put(key, json.dumps(items).encode(), "application/json")
     logger.info("compaction planned", extra={"partitions": len(items)})
     return {"plan_key": key, "partitions": len(items), "max_concurrency": _concurrency(len(items))}
@@ -136,9 +135,9 @@ def lake_counts(store, index: FileIndex, *, source: str, run_id: str, levels: li
             "partitions": len({f["partition"] for f in files}),
             "bad_values": 0,
         }
-    reports = [k for k, _ in store.list(layout.reports_prefix(source, run_id))]
+    reports = [k for k, _ in store.list(s3keys.reports_prefix(source, run_id))]
     reports = [k for k in reports if (k.split("/")[-2], k.rsplit("/", 1)[-1].removesuffix(".json")) in current]
-    for key, blob in zip(reports, get_many(store, reports)):
+    for blob in get_many(store, reports):
         report = json.loads(blob)
         level = out.setdefault(report["level"], {"files": 0, "rows": 0, "bytes": 0, "partitions": 0, "bad_values": 0})
         level["bad_values"] += int(report.get("count", 0))
@@ -148,7 +147,7 @@ def lake_counts(store, index: FileIndex, *, source: str, run_id: str, levels: li
         if report.get("notes"):
             level.setdefault("notes", {}).update(report["notes"])
     # records this run's commits dropped because the lake already had them or had them twice (harvester/lake/dedup.py)
-    dup_keys = [k for k, _ in store.list(layout.duplicates_prefix(source, run_id))]
+    dup_keys = [k for k, _ in store.list(s3keys.duplicates_prefix(source, run_id))]
     dropped = 0
     for blob in get_many(store, dup_keys):
         report = json.loads(blob)
@@ -165,7 +164,7 @@ def finish_handler(event: RunEvent, context: LambdaContext) -> dict:
     store = lake_store()
     removed = cleanup_staging(store, source=source, run_id=run_id)
     lake = lake_counts(store, file_index(), source=source, run_id=run_id, levels=list(_levels(run)))
-    lake["converted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lake["converted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     aws.ledger().record_lake(source, run_id, lake)
     logger.info("lake counts recorded", extra={"lake": lake, "staging_removed": removed})
     return {level: {k: v.get(k, 0) for k in ("files", "rows", "bad_values", "duplicates_dropped")}

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
+from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
-from harvester.metering import metered
+from harvester.functions import METRICS_NAMESPACE, SERVICE_NAME
+from harvester.metering import counts_metrics, metered
+from harvester.payloads import FetchEvent
 from harvester.ratelimit import limiter_for
 from harvester.secrets import resolve_secret
 from harvester.spec import SourceSpec
@@ -20,15 +21,12 @@ from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch, time_p
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
+# named here, not only by the function's environment: Powertools reads POWERTOOLS_METRICS_NAMESPACE when Metrics() is
+# built, at import, so a process that imported this module before that environment was set (a test, a tool) held a
+# Metrics with no namespace, and its first EMF document raised SchemaValidationError. Same values as the environment.
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
 
 __all__ = ["handler", "BatchFailed", "BatchIncomplete"]
-
-class FetchEvent(BaseModel):
-    run: dict[str, Any]
-    level: int
-    batch: dict[str, Any]
-    workers: int | None = None
 
 
 def time_budget(context: LambdaContext, spec: SourceSpec) -> tuple[float, float]:
@@ -44,13 +42,16 @@ def time_budget(context: LambdaContext, spec: SourceSpec) -> tuple[float, float]
 @logger.inject_lambda_context(correlation_id_path="run.run_id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@counts_metrics(metrics)  # the custom metrics it publishes, for the run's cost (before log_metrics flushes them)
 @event_parser(model=FetchEvent)
 def handler(event: FetchEvent, context: LambdaContext) -> dict:
     spec = aws.run_spec(event.run)
     level = spec.levels[event.level]
-    logger.append_keys(source=spec.name, level=level.name, batch_id=event.batch["batch_id"])
+    logger.append_keys(source=spec.name, level=level.name, batch_id=event.batch.batch_id)
     metrics.add_dimension(name="source", value=spec.name)
-    metrics.add_dimension(name="level", value=level.name)
+    # the level as metadata (in the EMF log line, for Logs Insights), not a dimension: each dimension value is a
+    # custom metric of its own, billed for every hour it receives data (harvester/cost.py)
+    metrics.add_metadata(key="level", value=level.name)
     limiter = limiter_for(
         spec.name,
         spec.rate_limit.requests_per_second if spec.rate_limit else None,

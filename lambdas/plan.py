@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harvester import aws
 from harvester.metering import metered
+from harvester.payloads import RunState
 from harvester.run import InputError, plan_run
 from harvester.secrets import resolve_secret
 from harvester.spec import SpecError
@@ -43,4 +44,4 @@ def handler(event: PlanEvent, context: LambdaContext) -> dict:
     )
     logger.append_keys(run_id=state["run"]["run_id"], source=state["run"]["source"])
     logger.info("run planned", extra={"levels": state["level"]["count"], "attempt": state["run"]["attempt"]})
-    return state
+    return RunState.model_validate(state).model_dump()  # the state the workflow's loop starts from, checked

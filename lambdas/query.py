@@ -4,8 +4,10 @@ One function, three steps (the workflow's Payload names the step):
 
 | step | state | what |
 | --- | --- | --- |
-| `plan` | Plan query | validate the query (a bad one fails here with `QueryError`), look the files up in the time index, write the worker tasks to `queries/{query_id}/tasks.json` |
-| `partial` | Aggregate partial (in Aggregate files) | one task's files -> partial aggregates in `queries/{query_id}/partials/{task}.json` |
+| `plan` | Plan query | validate the query (a bad one fails here with `QueryError`), look the files up in the |
+| | | time index, write the worker tasks to `queries/{query_id}/tasks.json` |
+| `partial` | Aggregate partial (in Aggregate files) | one task's files -> partial aggregates in |
+| | | `queries/{query_id}/partials/{task}.json` |
 | `reduce` | Reduce and write result | merge the partials, write `results/{query_id}.json` and `.csv`, return a small summary |
 """
 
@@ -18,10 +20,10 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.parser import BaseModel, event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from harvester import aws
-from harvester.lake import layout
+from harvester import aws, s3keys
 from harvester.lake.index import FileIndex
-from harvester.lake.query import QueryError, normalize_query, partial_aggregate, plan_query, reduce_partials, write_result
+from harvester.lake.query import partial_aggregate, plan_query, reduce_partials, write_result
+from harvester.lake.querymodel import QueryError, validate_query
 from harvester.lake.store import S3Store, get_many
 
 logger = Logger()
@@ -31,9 +33,6 @@ __all__ = ["handler", "QueryError"]  # QueryError is the workflow's Error name f
 
 #: query workers at once (each reads its files from S3 concurrently)
 DEFAULT_CONCURRENCY = 50
-#: the fields a query may have (what normalize_query reads); anything else is a typo and refused
-QUERY_FIELDS = {"source", "level", "start", "end", "filters", "group_by", "aggregates", "ancestor_keys", "time_column",
-                "query_id"}
 #: rows of the result returned in the execution output (the whole result is in S3)
 PREVIEW_ROWS = 20
 
@@ -64,39 +63,16 @@ def file_index() -> FileIndex:
     return FileIndex(aws.dynamodb(), aws.table_name())
 
 
-def validate(raw: Any) -> dict:
-    """The execution input as a normalized query, or QueryError naming the problem."""
-    if not isinstance(raw, dict):
-        raise QueryError(f"the query must be a JSON object like {{\"source\": \"demo\", \"level\": \"points\"}}, "
-                         f"got {type(raw).__name__}")
-    unknown = sorted(set(raw) - QUERY_FIELDS)
-    if unknown:
-        raise QueryError(f"unknown query field(s) {unknown}; a query has {sorted(QUERY_FIELDS)}")
-    for name in ("filters", "group_by", "aggregates"):
-        if raw.get(name) is not None and not isinstance(raw[name], list):
-            raise QueryError(f"'{name}' must be a list, got {type(raw[name]).__name__}")
-    for name in ("filters", "aggregates"):
-        for i, item in enumerate(raw.get(name) or []):
-            if not isinstance(item, dict):
-                raise QueryError(f"{name}[{i}] must be an object, got {item!r}")
-    try:
-        return normalize_query(raw)
-    except QueryError:
-        raise
-    except (ValueError, TypeError, AttributeError) as exc:  # e.g. a start that is not ISO-8601
-        raise QueryError(f"bad query: {exc}") from None
-
-
 @event_parser(model=PlanEvent)
 def plan_handler(event: PlanEvent, context: LambdaContext) -> dict:
-    query = validate(event.query)
+    query = validate_query(event.query)
     index = file_index()
     plan = plan_query(index, query, store=lake_store())
     if not plan["tasks"] and not index.files_for_run(query["source"], query["level"]):
         raise QueryError(f"no Parquet files for source {query['source']!r}, level {query['level']!r}: "
                          "check the names, or harvest (and convert) that source first")
     qid = plan["query_id"]
-    key = layout.query_tasks_key(qid)
+    key = s3keys.query_tasks_key(qid)
     lake_store().put(key, json.dumps(plan["tasks"]).encode(), "application/json")
     logger.append_keys(query_id=qid)
     logger.info("query planned", extra={k: plan[k] for k in ("files", "bytes", "rows")} | {"tasks": len(plan["tasks"])})
@@ -112,7 +88,7 @@ def partial_handler(event: PartialEvent, context: LambdaContext) -> dict:
     query, task = event.query, event.task
     logger.append_keys(query_id=query.get("query_id"), task=task.get("task"))
     partial = partial_aggregate(lake_store(), task, query)
-    lake_store().put(layout.partial_key(partial["query_id"], partial["task"]), json.dumps(partial).encode(),
+    lake_store().put(s3keys.partial_key(partial["query_id"], partial["task"]), json.dumps(partial).encode(),
                      "application/json")
     logger.info("partial written", extra={"groups": len(partial["rows"]), "stats": partial["stats"]})
     return {"task": partial["task"], "groups": len(partial["rows"])}  # small: the Map collects one per task
@@ -125,13 +101,13 @@ def reduce_handler(event: ReduceEvent, context: LambdaContext) -> dict:
     logger.append_keys(query_id=qid)
     store = lake_store()
     # the partials of this plan's tasks only (a stale partial of an earlier, larger plan is not read)
-    keys = [layout.partial_key(qid, i) for i in range(event.tasks)]
+    keys = [s3keys.partial_key(qid, i) for i in range(event.tasks)]
     partials = [json.loads(b) for b in get_many(store, keys)]
     result = reduce_partials(partials, query)
     result["stats"]["tasks"] = event.tasks
     result["query"] = {k: query[k] for k in ("source", "level", "start", "end")}
     summary = write_result(store, result)
-    store.delete([k for k, _ in store.list(layout.query_prefix(qid))])
+    store.delete([k for k, _ in store.list(s3keys.query_prefix(qid))])
     logger.info("query done", extra=summary)
     return {**summary, "columns": result["columns"], "preview": result["rows"][:PREVIEW_ROWS]}
 

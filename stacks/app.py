@@ -10,7 +10,7 @@ import aws_cdk as cdk
 from stacks import nag
 from stacks.config import HarvesterConfig
 from stacks.harvester_stack import HarvesterStack
-
+from stacks.settings import DEFAULT_STACK_NAME, env_name
 
 #: feature flags the stack depends on, set here too so the app is right even without cdk.json (tests, scripts)
 REQUIRED_FLAGS = {
@@ -34,10 +34,10 @@ def build_app(
     config = HarvesterConfig.from_node(app.node)
     # deliberately not CDK_DEFAULT_ACCOUNT/REGION: without `-c account/region` the template is environment-agnostic
     # (deployable to whatever account the CLI's credentials name) and identical on every machine
-    account = app.node.try_get_context("account") or os.environ.get("HARVESTER_ACCOUNT")
-    region = app.node.try_get_context("region") or os.environ.get("HARVESTER_REGION")
+    account = app.node.try_get_context("account") or os.environ.get(env_name("account"))
+    region = app.node.try_get_context("region") or os.environ.get(env_name("region"))
     env = cdk.Environment(account=account, region=region) if account or region else None
-    stack_name = app.node.try_get_context("stackName") or os.environ.get("HARVESTER_STACK_NAME") or "Harvester"
+    stack_name = app.node.try_get_context("stackName") or os.environ.get(env_name("stackName")) or DEFAULT_STACK_NAME
     stack = HarvesterStack(
         app,
         stack_name,

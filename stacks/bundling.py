@@ -7,7 +7,7 @@ Each function's bundle is:
   which the runtime provides;
 * the handler's module and every project module (`lambdas.*`, `harvester.*`) it imports, transitively (found
   by reading the imports, so each bundle carries only what its function imports: no `harvester/lake` (pyarrow)
-  in the fetch bundle); the laptop-only parts (`harvester/vendor`, `harvester/local`, `harvester/cli/`: they
+  in the fetch bundle); the laptop-only parts (`harvester/simulator`, `harvester/local`, `harvester/cli/`: they
   import aiohttp and moto) are refused if a handler ever imports them;
 * the `sources/` folder (the specs the plan function reads from `HARVESTER_SOURCES_DIR=/var/task/sources`).
 
@@ -31,8 +31,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsii
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_lambda as lambda_
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +53,12 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 
 #: never needed at run time and pruned from installed wheels: test suites, C headers, Cython sources
 PRUNE = ("pyarrow/tests", "pyarrow/include", "pyarrow/src", "pyarrow/**/*.pyx", "pyarrow/**/*.pxd",
-         "numpy/tests", "numpy/*/tests", "numpy/_core/include")  # fmt: skip
+         "numpy/tests", "numpy/*/tests", "numpy/_core/include")
 
 #: project packages whose modules a bundle carries: exactly those the handler imports, transitively
 PACKAGES = ("lambdas", "harvester")
 #: laptop-only code (aiohttp, moto): a handler that imports it is refused at synth
-NEVER_BUNDLED = ("harvester/vendor", "harvester/local", "harvester/cli/")
+NEVER_BUNDLED = ("harvester/simulator", "harvester/local", "harvester/cli/")
 DATA_DIRS = ("sources",)
 
 _SKIP = {"__pycache__", ".pytest_cache"}
@@ -165,7 +165,7 @@ class BundleSpec:
             "--implementation", "cp",
             "--python-version", PYTHON_VERSION,
             "--only-binary=:all:",
-        ]  # fmt: skip
+        ]
         for platform in PLATFORMS[self.architecture]:
             cmd += ["--platform", platform]
         return cmd

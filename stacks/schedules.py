@@ -8,8 +8,6 @@ queue (alarmed in stacks/observability.py). Nothing polls while idle: Scheduler 
 from __future__ import annotations
 
 import json
-import re
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -17,30 +15,8 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from stacks.sources import SourceConfigError, SourceInfo
-
-_CRON = re.compile(r"^cron\((.+)\)$")
-
-
-def check_schedule(source: SourceInfo) -> None:
-    """EventBridge Scheduler's cron has six fields (minutes hours day-of-month month day-of-week year)."""
-    schedule = source.schedule
-    assert schedule is not None
-    m = _CRON.match(schedule.expression)
-    fields = m.group(1).split() if m else []
-    if len(fields) != 6:
-        raise SourceConfigError(
-            f"{source.path}: schedule.cron: expected six fields 'minutes hours day-of-month month day-of-week year', "
-            f"e.g. '0 3 * * ? *', got {schedule.cron!r}"
-        )
-    if "?" not in (fields[2], fields[4]):
-        raise SourceConfigError(
-            f"{source.path}: schedule.cron: one of day-of-month and day-of-week must be '?', got {schedule.cron!r}"
-        )
-    try:
-        ZoneInfo(schedule.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise SourceConfigError(f"{source.path}: schedule.timezone: unknown time zone {schedule.timezone!r}") from None
+from stacks import nag
+from stacks.sources import SourceInfo
 
 
 class SourceSchedules(Construct):
@@ -57,11 +33,10 @@ class SourceSchedules(Construct):
         qualifier: str,
         retention_days: int = 14,
         removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        acks: list[nag.Ack] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        scheduled = [s for s in sources if s.schedule]
-        for source in scheduled:
-            check_schedule(source)
+        scheduled = [s for s in sources if s.schedule]  # each checked by the spec parser (harvester/spec.py)
         self.schedules: dict[str, scheduler.CfnSchedule] = {}
 
         self.dead_letter_queue = sqs.Queue(
@@ -88,8 +63,11 @@ class SourceSchedules(Construct):
         # matches it
         self.role.add_to_policy(iam.PolicyStatement(
             sid="StartRuns", actions=["states:StartExecution"], resources=[state_machine_arn],
-            conditions={"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [qualifier]}}))  # fmt: skip
+            conditions={"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [qualifier]}}))
         self.dead_letter_queue.grant_send_messages(self.role)
+        nag.acknowledge(self.dead_letter_queue.node.default_child, "AwsSolutions-SQS3",
+                        "this queue is itself the dead-letter queue of the schedules (failed run starts); it is "
+                        "alarmed on, not re-driven automatically", acks)
 
         for source in scheduled:
             schedule = source.schedule

@@ -4,8 +4,9 @@
 - `backend`: where a command acts, the local engine or the deployed stack (its CloudFormation outputs), as one
   `Backend` of boto3 clients and the ledger (harvester/ledger.py);
 - `runs`: start, follow, resume and show runs, the same code for both modes;
-- `local`: what only a local run has (the engine, its worker fleet, signals, the state folder);
+- `local`: a local run followed live (harvester/local/session.py runs it), stopped on signals;
 - `query`: the query workflow's arguments and result;
+- `demo`: `harvest demo`, the simulated vendor harvested and checked against its own books;
 - `view`: tables, JSON and the live progress display (rich);
 - `codes`: the exit codes.
 """

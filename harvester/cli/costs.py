@@ -18,9 +18,10 @@ DEFAULT_LOG_LEVEL = "ERROR"
 LABELS = {"step_functions": "Step Functions (state transitions)", "lambda_requests": "Lambda requests",
           "lambda_compute": "Lambda compute (GB-s)", "dynamodb": "DynamoDB (read/write units)",
           "s3_requests": "S3 requests", "secrets_manager": "Secrets Manager calls",
-          "cloudwatch_logs": "CloudWatch Logs (ingested)"}
+          "cloudwatch_logs": "CloudWatch Logs (ingested)", "cloudwatch_metrics": "CloudWatch custom metrics (metric-hours)"}
 COUNT_OF = {"step_functions": "transitions", "lambda_requests": "lambda_requests", "lambda_compute": "lambda_gb_seconds",
-            "dynamodb": None, "s3_requests": None, "secrets_manager": "secrets_calls", "cloudwatch_logs": "log_bytes"}
+            "dynamodb": None, "s3_requests": None, "secrets_manager": "secrets_calls", "cloudwatch_logs": "log_bytes",
+            "cloudwatch_metrics": "metric_series_hours"}
 
 
 def run_cost(backend: Backend, run: dict[str, Any], *, region: str, store: bool = True) -> dict[str, Any] | None:

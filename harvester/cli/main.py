@@ -7,6 +7,8 @@ resume, query, or run the demo against the simulator. The same commands in both 
     harvest status RUN_ID [--follow]      one run: progress per level, live until it ends with --follow
     harvest failures RUN_ID               the failed calls (URL, status, reason) and failed batches
     harvest resume RUN_ID                 fetch only what an earlier run is missing
+    harvest report RUN_ID [--out DIR]     one HTML file with charts (rate against the limit, 429s, progress,
+                                          batches, failures, records against the previous run, cost) and PNGs
     harvest query --source demo --level points --start 2026-01-01 --end 2026-01-02 \\
         --group-by warriors.firmware --agg count --agg "share:status=up as uptime"
                                           the query workflow over the Parquet lake; prints the result table
@@ -35,7 +37,8 @@ PACKAGE_SOURCES = Path(__file__).resolve().parent.parent.parent / "sources"
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as v
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
 
     try:
         return v("harvester")
@@ -71,13 +74,30 @@ def cmd_run(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    """A backfill (local): the spec's windowed level over [--from, --to), sliced by --step into Map items; the
-    daily bookmark is not moved."""
-    spec = load_spec(args.spec)
+    """A backfill: the spec's windowed level over [--from, --to), sliced by --step into Map items; the daily
+    bookmark is not moved. Locally, or on the deployed stack as a `window` in the execution input."""
+    from harvester.run import InputError, parse_input, plan_window
+
     window = {"start": args.start, "end": args.end, **({"step": args.step} if args.step else {})}
-    inp, name, _ = runs.new_run_input(spec.name, args.run_id)
-    run, desc, _ = execute(spec, Path(args.spec), {**inp, "window": window}, args.state, timeout=args.timeout,
-                           processes=args.processes, iam=not args.no_iam, as_json=args.json, execution_name=name)
+    spec = load_spec(args.spec) if args.local or Path(args.spec).is_file() else None
+    source = spec.name if spec is not None else args.spec
+    backend = None if args.local else _aws(args)
+    if backend is not None:
+        runs.check_source(backend, source)
+    inp, name, run_id = runs.new_run_input(source, args.run_id)
+    inp = {**inp, "window": window}
+    if spec is not None:  # the window Plan run would take, checked before anything is written or started
+        try:
+            plan_window(parse_input(inp), spec, name, "", None)
+        except InputError as exc:
+            raise BadInput(str(exc)) from None
+    if backend is not None:  # a deployed source's name alone: the workflow's Plan run checks the window (exit 2)
+        return _start_and_follow(args, backend, source, run_id, inp, name)
+    from harvester.preflight import check_local
+
+    check_local(spec)  # before the state folder exists: a missing key or a vendor down writes nothing
+    run, desc, _ = execute(spec, Path(args.spec), inp, args.state, timeout=args.timeout, processes=args.processes,
+                           iam=not args.no_iam, as_json=args.json, execution_name=name)
     return codes.exit_code(desc)
 
 
@@ -87,7 +107,7 @@ def cmd_resume(args) -> int:
             spec, path = load_spec(args.spec), Path(args.spec)
         else:
             spec, path = stored_spec_file(args.state, args.run_id), None
-        from harvester.local.demo import demo_vendor_for
+        from harvester.cli.demo import demo_vendor_for
 
         with demo_vendor_for(args.state, spec):  # a demo run: its simulated vendor again, on the same port
             from harvester.preflight import check_local
@@ -177,6 +197,13 @@ def cmd_failures(args) -> int:
         return runs.show_failures(backend, args.run_id, args.source, args.json)
 
 
+def cmd_report(args) -> int:
+    from harvester.cli.report import show_report
+
+    with _reader(args) as backend:
+        return show_report(backend, args.run_id, args.source, args.out, args.json)
+
+
 def cmd_query(args) -> int:
     from harvester.cli.query import cmd_query as run
 
@@ -190,88 +217,115 @@ def cmd_cost(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from harvester.local.demo import run_demo
+    from harvester.cli.demo import run_demo
 
     return run_demo(args)
 
 
-# --- parser --------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harvest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"harvest {version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+# --- parser: one function per command, registered in COMMANDS ------------------------------------------------
+def _where(sp, local_only_help: str = "run on this machine (moto) with the state folder, not on AWS") -> None:
+    """Where a command acts: the local state folder or a deployed stack."""
+    sp.add_argument("--local", action="store_true", help=local_only_help)
+    sp.add_argument("--state", type=Path, default=None,
+                    help=f"the local state folder (bucket mirror + ledger; implies --local; default {DEFAULT_STATE})")
+    sp.add_argument("--stack", help="the deployed stack (default: HARVESTER_STACK_NAME or Harvester)")
+    sp.add_argument("--region", help="its AWS region (default: the AWS CLI's, AWS_REGION)")
+    sp.add_argument("--profile", help="the AWS CLI profile to use (default: AWS_PROFILE or the default)")
+    sp.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
-    def where(sp, local_only_help: str = "run on this machine (moto) with the state folder, not on AWS"):
-        sp.add_argument("--local", action="store_true", help=local_only_help)
-        sp.add_argument("--state", type=Path, default=None,
-                        help=f"the local state folder (bucket mirror + ledger; implies --local; default {DEFAULT_STATE})")
-        sp.add_argument("--stack", help="the deployed stack (default: HARVESTER_STACK_NAME or Harvester)")
-        sp.add_argument("--region", help="its AWS region (default: the AWS CLI's, AWS_REGION)")
-        sp.add_argument("--profile", help="the AWS CLI profile to use (default: AWS_PROFILE or the default)")
-        sp.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
-    def engine_opts(sp, timeout=3600.0, workers=True):
-        sp.add_argument("--timeout", type=float, default=timeout,
-                        help="seconds to wait: a local run is stopped then, an AWS run goes on (exit 124)")
-        sp.add_argument("--no-iam", action="store_true",
-                        help="--local: do not authorize AWS calls against the stack's IAM policies (on by default, "
-                             "as on AWS; off only to measure what the check costs)")
-        if workers:
-            sp.add_argument("--processes", type=int, default=None, metavar="N",
-                            help="--local: every function in up to N worker processes, like Lambda containers, "
-                                 "held to its timeout, memory and /tmp (default: the workers a level "
-                                 f"runs at once, at most {MAX_PROCESSES}; 0: all in this process)")
+def _engine_opts(sp, timeout: float = 3600.0, workers: bool = True) -> None:
+    """How long to wait, and the local engine's IAM check and worker processes."""
+    sp.add_argument("--timeout", type=float, default=timeout,
+                    help="seconds to wait: a local run is stopped then, an AWS run goes on (exit 124)")
+    sp.add_argument("--no-iam", action="store_true",
+                    help="--local: do not authorize AWS calls against the stack's IAM policies (on by default, "
+                         "as on AWS; off only to measure what the check costs)")
+    if workers:
+        sp.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="--local: every function in up to N worker processes, like Lambda containers, "
+                             "held to its timeout, memory and /tmp (default: the workers a level "
+                             f"runs at once, at most {MAX_PROCESSES}; 0: all in this process)")
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="start a run of a source and follow it")
     r.add_argument("spec", metavar="SOURCE|SPEC",
                    help="a deployed source's name, or a spec file (YAML; --local: the spec to run)")
     r.add_argument("--run-id", help="run id (default: start time + execution name)")
     r.add_argument("--detach", action="store_true", help="AWS: print the run id and return once it is started")
-    where(r)
-    engine_opts(r)
+    _where(r)
+    _engine_opts(r)
     r.set_defaults(func=cmd_run)
 
-    b = sub.add_parser("backfill", help="harvest a past time range of a windowed spec, in slices (the daily bookmark "
-                       "stays; local only so far)")
-    b.add_argument("spec", help="path of the source spec (YAML; a level declares window:)")
+
+def _add_backfill(sub) -> None:
+    b = sub.add_parser("backfill", help="harvest a past time range of a windowed source, in slices (the daily "
+                       "bookmark stays)")
+    b.add_argument("spec", metavar="SOURCE|SPEC", help="a deployed source's name, or a spec file (YAML; a level "
+                   "declares window:; --local: the spec to run)")
     b.add_argument("--from", dest="start", required=True, help="start of the range, inclusive (ISO-8601 or a date)")
     b.add_argument("--to", dest="end", required=True, help="end of the range, exclusive (ISO-8601 or a date)")
     b.add_argument("--step", help="slice length, e.g. P1D or PT6H (default: the window's step, else one slice)")
     b.add_argument("--run-id", help="run id (default: start time + execution name)")
-    where(b)
-    engine_opts(b)
+    b.add_argument("--detach", action="store_true", help="AWS: print the run id and return once it is started")
+    _where(b)
+    _engine_opts(b)
     b.set_defaults(func=cmd_backfill)
 
+
+def _add_resume(sub) -> None:
     s = sub.add_parser("resume", help="resume an earlier run: fetch only what it is missing")
     s.add_argument("run_id")
     s.add_argument("--source", help="the run's source (default: found from the run id)")
     s.add_argument("--spec", help="--local: use this spec instead of the one the run was planned with")
     s.add_argument("--detach", action="store_true", help="AWS: return once the resume is started")
-    where(s)
-    engine_opts(s)
+    _where(s)
+    _engine_opts(s)
     s.set_defaults(func=cmd_resume)
 
+
+def _add_runs(sub) -> None:
     ls = sub.add_parser("runs", help="the sources with runs, or the runs of one source (newest first)")
     ls.add_argument("source", nargs="?")
     ls.add_argument("run_id", nargs="?", help="(same as `harvest status RUN_ID`)")
     ls.add_argument("--limit", type=int, default=20, help="the newest N runs (default 20)")
-    where(ls)
+    _where(ls)
     ls.set_defaults(func=cmd_runs)
 
+
+def _add_status(sub) -> None:
     st = sub.add_parser("status", help="one run's progress per level; --follow: live until it ends")
     st.add_argument("run_id")
     st.add_argument("--source", help="the run's source (default: found from the run id)")
     st.add_argument("--follow", action="store_true", help="redraw until the run ends; exit with its code")
     st.add_argument("--timeout", type=float, default=24 * 3600.0, help="--follow: stop following after this many s")
-    where(st)
+    _where(st)
     st.set_defaults(func=cmd_status)
 
+
+def _add_failures(sub) -> None:
     f = sub.add_parser("failures", help="a run's failed calls (URL, status, reason) and failed batches")
     f.add_argument("run_id")
     f.add_argument("--source", help="the run's source (default: found from the run id)")
-    where(f)
+    _where(f)
     f.set_defaults(func=cmd_failures)
 
+
+def _add_report(sub) -> None:
+    rp = sub.add_parser("report", help="a run's report: one self-contained HTML file with charts, and their PNGs",
+                        description="Sent requests per second against the rate limit, 429s and retries, each level's "
+                        "progress, the batches as a timeline, the failures, records against the previous run and the "
+                        "cost, from the ledger (the same for a local run and an AWS run). --json prints its data.")
+    rp.add_argument("run_id")
+    rp.add_argument("--source", help="the run's source (default: found from the run id)")
+    rp.add_argument("--out", type=Path, default=None, metavar="DIR",
+                    help="where report.html and the PNGs go (default ./harvest-report-RUN_ID)")
+    _where(rp)
+    rp.set_defaults(func=cmd_report)
+
+
+def _add_cost(sub) -> None:
     c = sub.add_parser("cost", help="estimate what a run of a spec costs on AWS before it exists",
                        description="The cost model of harvester/cost.py with the counts a run of N calls would have; "
                        "a finished run's own cost is printed at its end and shown by `harvest runs SOURCE`.")
@@ -284,21 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     c.set_defaults(func=cmd_cost)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="start the simulated vendor and harvest it with sources/demo.yaml (local)")
+    # dests: the simulated vendor's config fields (harvester/cli/demo.py VENDOR_OPTIONS)
     d.add_argument("--troops", type=int, default=6)
-    d.add_argument("--warriors", type=int, default=10, help="warriors per troop")
-    d.add_argument("--datagroups", type=int, default=8, help="datagroups per warrior")
-    d.add_argument("--points", type=int, default=300, help="points per datagroup")
-    d.add_argument("--rate", type=float, default=50.0, help="the vendor's rate limit, requests/s (the spec uses the same)")
+    d.add_argument("--warriors", dest="warriors_per_troop", type=int, default=10, help="warriors per troop")
+    d.add_argument("--datagroups", dest="datagroups_per_warrior", type=int, default=8, help="datagroups per warrior")
+    d.add_argument("--points", dest="points_per_datagroup", type=int, default=300, help="points per datagroup")
+    d.add_argument("--rate", type=float, default=50.0,
+                   help="the vendor's rate limit, requests/s (the spec uses the same)")
     d.add_argument("--burst", type=int, default=5)
     d.add_argument("--latency-ms", type=float, default=5.0)
     d.add_argument("--seed", type=int, default=3)
     d.add_argument("--spec", type=Path, default=PACKAGE_SOURCES / "demo.yaml")
     d.add_argument("--state", type=Path, default=None, help=f"folder kept between commands (default {DEFAULT_STATE})")
     d.add_argument("--local", action="store_true", help="(always local)")
-    engine_opts(d, timeout=1800.0)
+    d.add_argument("--json", action="store_true", help="print the demo's summary as one JSON document for scripts: the "
+                   "run (as `harvest run --json`), the checks against the vendor's books, the lake, the query")
+    _engine_opts(d, timeout=1800.0)
     d.set_defaults(func=cmd_demo)
 
+
+def _add_query(sub) -> None:
     q = sub.add_parser(
         "query",
         help="run the query workflow over the Parquet lake and print the result table",
@@ -312,23 +374,51 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--level", help="level to aggregate (e.g. points)")
     q.add_argument("--start", help="start of the time range, inclusive (ISO-8601; default: unbounded)")
     q.add_argument("--end", help="end of the time range, exclusive (ISO-8601; default: unbounded)")
-    q.add_argument("--group-by", action="append", metavar="COLUMN", help="group-by column(s), repeatable or comma-separated")
+    q.add_argument("--group-by", action="append", metavar="COLUMN",
+                   help="group-by column(s), repeatable or comma-separated")
     q.add_argument("--agg", action="append", metavar="SPEC",
-                   help="aggregate OP[:COLUMN[=VALUE]][ as NAME]: count, count:value, sum:value, mean:value, min:value, "
-                        "max:value, share:status=up (repeatable; default count)")  # fmt: skip
+                   help="aggregate OP[:COLUMN[=VALUE]][ as NAME]: count, count:value, sum:value, mean:value, "
+                        "min:value, max:value, share:status=up (repeatable; default count)")
     q.add_argument("--filter", action="append", metavar="EXPR",
                    help="filter COLUMN OP VALUE: = != < <= > >=, 'COL in A,B', 'COL not_in A,B', 'COL is_null', "
-                        "'COL not_null' (repeatable, all must hold)")  # fmt: skip
+                        "'COL not_null' (repeatable, all must hold)")
     q.add_argument("--query-file", help="a query as JSON (the query workflow's input); the options above override it")
     q.add_argument("--print-query", action="store_true", help="print the query sent to the workflow first")
-    where(q)
-    engine_opts(q, timeout=600.0, workers=False)
+    _where(q)
+    _engine_opts(q, timeout=600.0, workers=False)
     q.set_defaults(func=cmd_query)
 
+
+def _add_vendor(sub) -> None:
     # `harvest vendor ...` is handed to the vendor's own parser before this one sees it (see main); listed here
     # for --help
     sub.add_parser("vendor", help="run the simulated vendor on its own (`harvest vendor --help` for its options)",
                    add_help=False)
+
+
+#: the subcommands in --help order; a new command is a `_add_NAME(sub)` function and one line here
+COMMANDS = (
+    _add_run,
+    _add_backfill,
+    _add_resume,
+    _add_runs,
+    _add_status,
+    _add_failures,
+    _add_report,
+    _add_cost,
+    _add_demo,
+    _add_query,
+    _add_vendor,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harvest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"harvest {version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for register in COMMANDS:
+        register(sub)
     return p
 
 
@@ -337,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["vendor"]:  # every option (--help too) is the vendor's
-        from harvester.vendor.__main__ import main as vendor_main
+        from harvester.simulator.__main__ import main as vendor_main
 
-        return vendor_main(argv[1:]) or 0
+        return vendor_main(argv[1:], prog="harvest vendor") or 0
     args = build_parser().parse_args(argv)
     if hasattr(args, "local"):  # a state folder exists only locally: naming one means --local
-        args.local = args.local or args.state is not None or args.command in ("demo", "backfill")
+        args.local = args.local or args.state is not None or args.command == "demo"
         args.state = args.state if args.state is not None else DEFAULT_STATE
     try:
         return args.func(args)

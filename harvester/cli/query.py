@@ -13,11 +13,14 @@ from typing import Any
 from harvester.cli import view
 from harvester.cli.backend import Backend, engine_backend
 from harvester.cli.codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from harvester.lake.querymodel import COMPARE_OPS, WORD_OPS, QueryError, validate_query
 from harvester.spec import SpecError
 
 # --- query ----------------------------------------------------------------------------------------------------
-_FILTER = re.compile(r"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<val>.*?)\s*$")
-_FILTER_WORD = re.compile(r"^\s*(?P<col>[A-Za-z_][\w.]*)\s+(?P<op>in|not_in|is_null|not_null)\b\s*(?P<val>.*?)\s*$")
+#: the query model's operators (longest first, so <= is not read as <)
+_COMPARE = "|".join(re.escape(op) for op in sorted(COMPARE_OPS, key=len, reverse=True))
+_FILTER = re.compile(rf"^\s*(?P<col>[A-Za-z_][\w.]*)\s*(?P<op>{_COMPARE})\s*(?P<val>.*?)\s*$")
+_FILTER_WORD = re.compile(rf"^\s*(?P<col>[A-Za-z_][\w.]*)\s+(?P<op>{'|'.join(WORD_OPS)})\b\s*(?P<val>.*?)\s*$")
 
 
 def _value(text: str) -> Any:
@@ -65,11 +68,11 @@ def resolve_columns(bucket_dir: Path, query: dict[str, Any]) -> tuple[list[str],
     (every file: a column may exist in some runs only). Returns (a note per rewrite, problems with columns)."""
     import pyarrow.parquet as pq
 
-    from harvester.lake import layout
+    from harvester import s3keys
     from harvester.lake.schema import SEP
 
     def columns(level: str) -> set[str]:
-        files = sorted((bucket_dir / layout.processed_prefix(query["source"], level)).glob("*/*.parquet"))
+        files = sorted((bucket_dir / s3keys.processed_prefix(query["source"], level)).glob("*/*.parquet"))
         return {name for f in files for name in pq.read_schema(f).names}
 
     if not query.get("source") or not query.get("level"):
@@ -190,6 +193,11 @@ def cmd_query(args, backend_factory) -> int:
             return EXIT_BAD_INPUT
     if args.print_query:
         print(json.dumps(query, indent=1))
+    try:  # the workflow's own validation, before an execution is started
+        validate_query(query)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.local:
         desc, result, seconds = run_query(args.state, query, timeout=args.timeout, iam=not args.no_iam)
         where: Path | str = args.state

@@ -7,7 +7,8 @@ import json
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from harvester import storage
@@ -23,7 +24,7 @@ def new_run_input(source: str, run_id: str | None) -> tuple[dict[str, Any], str,
     from harvester.run import default_run_id
 
     name = uuid.uuid4().hex
-    run_id = run_id or default_run_id(datetime.now(timezone.utc).isoformat(), name)
+    run_id = run_id or default_run_id(datetime.now(UTC).isoformat(), name)
     return {"source": source, "run_id": run_id}, name, run_id
 
 
@@ -90,8 +91,10 @@ def summary(run: dict[str, Any], spec: SourceSpec | None, seconds: float | None,
 
 
 def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any], spec: SourceSpec | None,
-               seconds: float | None, *, as_json: bool, duplicates=None, output: str | None = None) -> int:
-    """Print how a run ended (table or JSON) and return its exit code."""
+               seconds: float | None, *, as_json: bool, duplicates=None, output: str | None = None,
+               sink: Callable[[dict[str, Any]], Any] | None = None) -> int:
+    """Print how a run ended (table or JSON) and return its exit code. With `sink`, the JSON document goes to it
+    and nothing is printed (a command that prints one document of its own: `harvest demo --json`)."""
     code = exit_code(desc)
     names = [lv.name for lv in spec.levels] if spec else []
     failures = []
@@ -101,11 +104,11 @@ def report_end(backend: Backend, run: dict[str, Any] | None, desc: dict[str, Any
     from harvester.cli.costs import cost_table, run_cost
 
     spent = run_cost(backend, run, region=backend.region) if run is not None else None
-    if as_json:
-        view.emit_json({"run": run, "status": shown_status(run) if run else desc["status"], "exit_code": code,
-                        "cost": spent,
-                        "execution": {k: desc.get(k) for k in ("executionArn", "status", "error", "cause")},
-                        "failures": failures, "seconds": seconds, "duplicates": duplicates})
+    if as_json or sink is not None:
+        doc = {"run": run, "status": shown_status(run) if run else desc["status"], "exit_code": code, "cost": spent,
+               "execution": {k: desc.get(k) for k in ("executionArn", "status", "error", "cause")},
+               "failures": failures, "seconds": seconds, "duplicates": duplicates, "output": output}
+        (sink or view.emit_json)(doc)
         return code
     out = view.console()
     if run is None:
@@ -195,7 +198,7 @@ def _elapsed(run: dict[str, Any]) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
     start = at(run.get("resumed_at") or run.get("started_at"))
-    end = at(run.get("finished_at")) or datetime.now(timezone.utc)
+    end = at(run.get("finished_at")) or datetime.now(UTC)
     return max((end - start).total_seconds(), 0.0) if start else 0.0
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from harvester.cli.codes import shown_status
 
@@ -27,9 +28,8 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], numeric: set[str] = frozenset()):
-    from rich.table import Table
-
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
     t = Table(show_edge=False, header_style="bold")

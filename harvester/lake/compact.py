@@ -16,11 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import dedup, layout
+from harvester import s3keys
+
+from . import dedup
 from .convert import load_plan, time_column
 from .index import FileIndex
 from .schema import conform, unify
-from .store import Store, get_many
+from .store import ObjectStore, get_many
 from .timeutil import from_units, iso
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
@@ -28,12 +30,12 @@ DEFAULT_SORT_BUDGET = 128 * 1024 * 1024  # compressed staging bytes under which 
 ROW_GROUP_ROWS = 512 * 1024
 
 
-def plan_compaction(store: Store, *, source: str, run_id: str) -> list[dict]:
+def plan_compaction(store: ObjectStore, *, source: str, run_id: str) -> list[dict]:
     """Map items for the commit step: one per (level, partition) of the run's staging files."""
     plan = load_plan(store, source, run_id)
     valid = {(i["level"], i["group_id"]): i for i in plan}
     items: dict[tuple[str, str], dict] = {}
-    for key, size in store.list(layout.staging_prefix(source, run_id)):
+    for key, size in store.list(s3keys.staging_prefix(source, run_id)):
         parts = key.split("/")  # runs/{source}/{run_id}/staging/{level}/{partition}/{gid}.parquet
         if len(parts) != 7:
             continue
@@ -57,8 +59,95 @@ def _time_range(col: pa.ChunkedArray) -> tuple[int | None, int | None]:
     return mm["min"].as_py(), mm["max"].as_py()
 
 
+class _PartitionFiles:
+    """The committed files of one partition and run, written row group by row group: a new file once the current
+    one reaches ``target_bytes``; each file's rows and time range for the index."""
+
+    def __init__(self, store: ObjectStore, schema: pa.Schema, *, source: str, level: str, partition: str, run_id: str,
+                 tcol: str, target_bytes: int, row_group_rows: int, expires_at: int | None):
+        self.store, self.schema, self.tcol = store, schema, tcol
+        self.where = {"source": source, "level": level, "partition": partition, "run_id": run_id}
+        self.target_bytes, self.row_group_rows, self.expires_at = target_bytes, row_group_rows, expires_at
+        field = schema.field(tcol) if tcol in schema.names else None
+        self.unit = field.type.unit if field is not None and pa.types.is_timestamp(field.type) else None
+        self.written: list[dict] = []
+        self.sink = self.writer = None
+        self.rows, self.lo, self.hi = 0, None, None
+
+    def write(self, table: pa.Table) -> None:
+        for off in range(0, table.num_rows, self.row_group_rows):
+            chunk = table.slice(off, self.row_group_rows)
+            if self.writer is None:
+                self.sink = pa.BufferOutputStream()
+                self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd", write_statistics=True)
+            self.writer.write_table(chunk, row_group_size=self.row_group_rows)
+            self.rows += chunk.num_rows
+            if self.unit:
+                lo, hi = _time_range(chunk[self.tcol])
+                if lo is not None:
+                    self.lo = lo if self.lo is None else min(self.lo, lo)
+                    self.hi = hi if self.hi is None else max(self.hi, hi)
+            if self.sink.tell() >= self.target_bytes:
+                self.close()
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        data = self.sink.getvalue().to_pybytes()
+        w = self.where
+        key = s3keys.processed_key(w["source"], w["level"], w["partition"], w["run_id"], len(self.written))
+        self.store.put(key, data)
+        when = [iso(from_units(v, self.unit)) if v is not None else None for v in (self.lo, self.hi)]
+        self.written.append({"key": key, **w, "time_column": self.tcol, "rows": self.rows, "bytes": len(data),
+                             "min_time": when[0], "max_time": when[1], "expires_at": self.expires_at})
+        self.sink = self.writer = None
+        self.rows, self.lo, self.hi = 0, None, None
+
+
+def _sorted(table: pa.Table, tcol: str) -> pa.Table:
+    if table.num_rows > 1 and tcol in table.column_names:
+        return table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
+    return table
+
+
+def _staged_tables(files: list[pq.ParquetFile], read, tcol: str, sort_whole: bool):
+    """The staged rows to commit: the whole partition sorted by time, or (too big to sort at once) each staging file
+    sorted, in key order."""
+    if sort_whole:
+        table = pa.concat_tables([read(i, f) for i, f in enumerate(files)])
+        files.clear()  # the staging bytes are no longer needed while the files are written
+        yield _sorted(table, tcol)
+        return
+    for i, f in enumerate(files):
+        yield _sorted(read(i, f), tcol)
+
+
+def _committed(index: FileIndex | None, source: str, level: str, partition: str, run_id: str) -> dict:
+    """Nothing staged (already cleaned up after a commit): what is committed."""
+    done = [f for f in (index.files_for_run(source, level, run_id) if index else []) if f["partition"] == partition]
+    return {"level": level, "partition": partition, "files": done, "rows": sum(f["rows"] for f in done),
+            "bytes": sum(f["bytes"] for f in done), "removed": []}
+
+
+def _remove_stale(store: ObjectStore, index: FileIndex | None, written: list[dict], *, source: str, level: str,
+                  partition: str, run_id: str) -> list[str]:
+    """Index the new files; remove the files (and index items) a previous attempt left beyond them."""
+    new_keys = {w["key"] for w in written}
+    prefix = s3keys.processed_prefix(source, level, partition) + f"{run_id}-"
+    stale_objects = [k for k, _ in store.list(prefix) if k not in new_keys and dedup.own_file(k, run_id)]
+    stale_entries = []
+    if index is not None:
+        index.put_files(written)
+        stale_entries = [f for f in index.files_for_run(source, level, run_id)
+                         if f["partition"] == partition and f["key"] not in new_keys]
+        index.remove_files(stale_entries)
+    store.delete(stale_objects)
+    return sorted(set(stale_objects) | {e["key"] for e in stale_entries})
+
+
 def compact_partition(
-    store: Store,
+    store: ObjectStore,
     index: FileIndex | None,
     *,
     source: str,
@@ -75,15 +164,11 @@ def compact_partition(
 ) -> dict:
     """Merge a partition's staging files into a few files of about ``target_bytes``; index them."""
     if staging_keys is None:
-        prefix = layout.staging_prefix(source, run_id, level) + partition + "/"
-        staging_keys = [k for k, _ in store.list(prefix)]
+        staging_keys = [k for k, _ in store.list(s3keys.staging_prefix(source, run_id, level) + partition + "/")]
+    if not staging_keys:
+        return _committed(index, source, level, partition, run_id)
     staging_keys = sorted(staging_keys)
     tcol = time_column(time_field)
-    if not staging_keys:  # nothing staged (already cleaned up after a commit): report what is committed
-        done = [f for f in (index.files_for_run(source, level, run_id) if index else []) if f["partition"] == partition]
-        return {"level": level, "partition": partition, "files": done, "rows": sum(f["rows"] for f in done),
-                "bytes": sum(f["bytes"] for f in done), "removed": []}
-
     blobs = get_many(store, staging_keys)
     files = [pq.ParquetFile(pa.BufferReader(b)) for b in blobs]
     schema = unify([f.schema_arrow for f in files])
@@ -97,68 +182,15 @@ def compact_partition(
         return dedup.drop_own(conform(f.read(), schema).filter(masks[i]), id_time, overlap.own_dropped)
 
     staged_rows = sum(f.metadata.num_rows for f in files)
-    if sum(len(b) for b in blobs) <= sort_budget_bytes:
-        table = pa.concat_tables([read(i, f) for i, f in enumerate(files)])
-        del files, blobs
-        if table.num_rows > 1 and tcol in table.column_names:
-            table = table.take(pc.sort_indices(table, sort_keys=[(tcol, "ascending")]))
-        tables = iter([table])
-    else:  # too big to sort at once: each staging file sorted, in key order
-        def sorted_tables():
-            for i, f in enumerate(files):
-                t = read(i, f)
-                if t.num_rows > 1 and tcol in t.column_names:
-                    t = t.take(pc.sort_indices(t, sort_keys=[(tcol, "ascending")]))
-                yield t
-        tables = sorted_tables()
-
-    written: list[dict] = []
-    state = {"sink": None, "writer": None, "rows": 0, "min": None, "max": None}
-    unit = schema.field(tcol).type.unit if tcol in schema.names and pa.types.is_timestamp(schema.field(tcol).type) else None
-
-    def close():
-        state["writer"].close()
-        data = state["sink"].getvalue().to_pybytes()
-        key = layout.processed_key(source, level, partition, run_id, len(written))
-        store.put(key, data)
-        written.append({
-            "key": key, "source": source, "level": level, "partition": partition, "run_id": run_id,
-            "time_column": tcol, "rows": state["rows"], "bytes": len(data),
-            "min_time": iso(from_units(state["min"], unit)) if state["min"] is not None else None,
-            "max_time": iso(from_units(state["max"], unit)) if state["max"] is not None else None,
-            "expires_at": expires_at,
-        })
-        state.update(sink=None, writer=None, rows=0, min=None, max=None)
-
-    for table in tables:
-        for off in range(0, table.num_rows, row_group_rows):
-            chunk = table.slice(off, row_group_rows)
-            if state["writer"] is None:
-                state["sink"] = pa.BufferOutputStream()
-                state["writer"] = pq.ParquetWriter(state["sink"], schema, compression="zstd", write_statistics=True)
-            state["writer"].write_table(chunk, row_group_size=row_group_rows)
-            state["rows"] += chunk.num_rows
-            if unit:
-                lo, hi = _time_range(chunk[tcol])
-                if lo is not None:
-                    state["min"] = lo if state["min"] is None else min(state["min"], lo)
-                    state["max"] = hi if state["max"] is None else max(state["max"], hi)
-            if state["sink"].tell() >= target_bytes:
-                close()
-    if state["writer"] is not None:
-        close()
-
-    # a previous attempt may have produced more files: remove the extra ones and their index items
-    new_keys = {w["key"] for w in written}
-    prefix = layout.processed_prefix(source, level, partition) + f"{run_id}-"
-    stale_objects = [k for k, _ in store.list(prefix) if k not in new_keys and dedup.own_file(k, run_id)]
-    stale_entries = []
-    if index is not None:
-        index.put_files(written)
-        stale_entries = [f for f in index.files_for_run(source, level, run_id)
-                         if f["partition"] == partition and f["key"] not in new_keys]
-        index.remove_files(stale_entries)
-    store.delete(stale_objects)
+    sort_whole = sum(len(b) for b in blobs) <= sort_budget_bytes
+    del blobs
+    out = _PartitionFiles(store, schema, source=source, level=level, partition=partition, run_id=run_id, tcol=tcol,
+                          target_bytes=target_bytes, row_group_rows=row_group_rows, expires_at=expires_at)
+    for table in _staged_tables(files, read, tcol, sort_whole):
+        out.write(table)
+    out.close()
+    written = out.written
+    removed = _remove_stale(store, index, written, source=source, level=level, partition=partition, run_id=run_id)
     # then the other runs' files lose the records this run has (after its own files are written: never lost)
     for key, (kept, _n) in overlap.others.items():
         _rewrite(store, index, key, kept, tcol, row_group_rows)
@@ -167,8 +199,7 @@ def compact_partition(
     return {
         "level": level, "partition": partition, "duplicates": duplicates,
         "files": [{k: w[k] for k in ("key", "rows", "bytes", "min_time", "max_time")} for w in written],
-        "rows": sum(w["rows"] for w in written), "bytes": sum(w["bytes"] for w in written),
-        "removed": sorted(set(stale_objects) | {e["key"] for e in stale_entries}),
+        "rows": sum(w["rows"] for w in written), "bytes": sum(w["bytes"] for w in written), "removed": removed,
     }
 
 
@@ -191,7 +222,7 @@ def _own_latest(files: list[pq.ParquetFile], schema: pa.Schema, tcol: str | None
     return [pa.array(k, pa.bool_()) for k in keep], {rid: w for rid, (_, _, w) in winners.items()}
 
 
-def _rewrite(store: Store, index: FileIndex | None, key: str, table: pa.Table, tcol: str | None,
+def _rewrite(store: ObjectStore, index: FileIndex | None, key: str, table: pa.Table, tcol: str | None,
              row_group_rows: int) -> None:
     """Another run's file without the records a newer run has: the same key, its index items replaced."""
     old = []
@@ -218,10 +249,10 @@ def _rewrite(store: Store, index: FileIndex | None, key: str, table: pa.Table, t
         index.replace_file(old, entry)
 
 
-def _record_duplicates(store: Store, source: str, run_id: str, level: str, partition: str, found: dict) -> dict:
+def _record_duplicates(store: ObjectStore, source: str, run_id: str, level: str, partition: str, found: dict) -> dict:
     """The duplicates a commit dropped, kept beside the run's convert plan. A retry finds the other runs' copies
     already gone, so what an earlier attempt dropped from them is kept (merged by file)."""
-    key = layout.duplicates_key(source, run_id, level, partition)
+    key = s3keys.duplicates_key(source, run_id, level, partition)
     try:
         before = json.loads(store.get(key))
     except Exception:  # noqa: BLE001 - no earlier attempt
@@ -233,15 +264,15 @@ def _record_duplicates(store: Store, source: str, run_id: str, level: str, parti
     return report
 
 
-def cleanup_staging(store: Store, *, source: str, run_id: str) -> int:
+def cleanup_staging(store: ObjectStore, *, source: str, run_id: str) -> int:
     """Delete a run's staging files once every partition is committed."""
-    keys = [k for k, _ in store.list(layout.staging_prefix(source, run_id))]
+    keys = [k for k, _ in store.list(s3keys.staging_prefix(source, run_id))]
     store.delete(keys)
     return len(keys)
 
 
 def convert_run(
-    store: Store,
+    store: ObjectStore,
     index: FileIndex | None,
     *,
     source: str,

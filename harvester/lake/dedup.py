@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import layout
+from harvester import s3keys
+
 from .schema import KEY
-from .store import Store
+from .store import ObjectStore
 
 FETCHED = "_fetched_at"
 _SEP = "\x1f"
@@ -95,13 +96,13 @@ def own_file(key: str, run_id: str) -> bool:
     return re.fullmatch(re.escape(run_id) + r"-\d{4}\.parquet", key.rsplit("/", 1)[-1]) is not None
 
 
-def plan(store: Store, *, source: str, level: str, partition: str, run_id: str, own: dict[str, int],
+def plan(store: ObjectStore, *, source: str, level: str, partition: str, run_id: str, own: dict[str, int],
          time_col: str | None) -> Plan:
     """Compare the committing run's records with the partition's files of other runs."""
     out = Plan()
     if not own:
         return out
-    others = [k for k, _ in store.list(layout.processed_prefix(source, level, partition)) if not own_file(k, run_id)]
+    others = [k for k, _ in store.list(s3keys.processed_prefix(source, level, partition)) if not own_file(k, run_id)]
     for key in sorted(others):
         table = pq.read_table(pa.BufferReader(store.get(key)))
         ids, when = record_ids(table, time_col), fetched(table)

@@ -19,8 +19,8 @@ a query, stale files of a retried compaction).
 from __future__ import annotations
 
 import time
-from decimal import Decimal
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 

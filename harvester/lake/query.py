@@ -28,12 +28,12 @@ Query (a plain dict, JSON in the state machine):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -42,117 +42,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import layout
+from harvester import s3keys
+
 from .index import FileIndex
-from .schema import KEY, SEP, conform, lineage_column, unify
-from .store import Store
+from .querymodel import QueryError, validate_query
+from .schema import KEY, conform, lineage_column, unify
+from .store import ObjectStore
 from .timeutil import iso, parse_instant, to_units
 
-AGG_OPS = {"count", "sum", "min", "max", "mean", "share"}
-FILTER_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null"}
 RUN = "_run_id"
 FETCHED = "_fetched_at"
 _MERGE = {"count_all": "sum", "count": "sum", "sum": "sum", "eqsum": "sum", "min": "min", "max": "max"}
-
-
-class QueryError(ValueError):
-    """The query is malformed (names the field and the problem)."""
-
-
-# ---------------------------------------------------------------- query normalisation
-
-
-def _colref(ref, ancestor_keys: dict[str, str]) -> dict:
-    if isinstance(ref, dict):
-        level, column = ref.get("level"), ref.get("column")
-        if not column:
-            raise QueryError(f"column reference {ref!r} needs a 'column'")
-    elif isinstance(ref, str) and ref:
-        level, _, column = ref.rpartition(".")
-        level = level or None
-    else:
-        raise QueryError(f"bad column reference {ref!r}")
-    column = column.replace(".", SEP)
-    name = f"{level}.{column}" if level else column
-    out = {"name": name, "level": level, "column": column}
-    if level:
-        out["key"] = (ref.get("key") if isinstance(ref, dict) else None) or ancestor_keys.get(level, KEY)
-    return out
-
-
-def normalize_query(query: dict) -> dict:
-    """Validate and fill defaults; the result is what workers receive. Adds a deterministic ``query_id``."""
-    if not isinstance(query, dict):
-        raise QueryError("query must be an object")
-    if query.get("normalized"):
-        return json.loads(json.dumps(query))
-    for f in ("source", "level"):
-        if not query.get(f):
-            raise QueryError(f"'{f}' is required")
-    keys = dict(query.get("ancestor_keys") or {})
-    start, end = parse_instant(query.get("start")), parse_instant(query.get("end"))
-    if start and end and end < start:
-        raise QueryError("'end' is before 'start'")
-    group_by = [_colref(g, keys) for g in query.get("group_by") or []]
-    filters = []
-    for f in query.get("filters") or []:
-        op = f.get("op", "=")
-        if op not in FILTER_OPS:
-            raise QueryError(f"filter op {op!r} is not one of {sorted(FILTER_OPS)}")
-        if op in ("in", "not_in") and not isinstance(f.get("value"), list):
-            raise QueryError(f"filter op {op!r} needs a list value")
-        filters.append({**_colref(f.get("column"), keys), "op": "=" if op == "==" else op, "value": f.get("value")})
-    aggregates = []
-    for a in query.get("aggregates") or [{"op": "count"}]:
-        op = a.get("op")
-        if op not in AGG_OPS:
-            raise QueryError(f"aggregate op {op!r} is not one of {sorted(AGG_OPS)}")
-        col = a.get("column")
-        if op != "count" and not col:
-            raise QueryError(f"aggregate {op!r} needs a 'column'")
-        if op == "share" and "equals" not in a:
-            raise QueryError("aggregate 'share' needs 'equals'")
-        if col and "." in col:
-            raise QueryError(f"aggregate column {col!r}: aggregates read the queried level's own columns")
-        col = col.replace(".", SEP) if col else None
-        default = op if not col else f"{op}_{col}" + (f"_{a['equals']}" if op == "share" else "")
-        aggregates.append({"op": op, "column": col, "equals": a.get("equals"), "as": a.get("as") or default})
-    names = [g["name"] for g in group_by] + [a["as"] for a in aggregates]
-    if len(set(names)) != len(names):
-        raise QueryError(f"output column names collide: {names}")
-    q = {
-        "source": query["source"], "level": query["level"],
-        "start": iso(start), "end": iso(end),
-        "time_column": query.get("time_column"),
-        "filters": filters, "group_by": group_by, "aggregates": aggregates,
-    }
-    q["query_id"] = query.get("query_id") or hashlib.sha256(json.dumps(q, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    q["parts"] = _parts(q)
-    q["normalized"] = True
-    return q
-
-
-def _parts(q: dict) -> list[dict]:
-    """Mergeable partial columns the aggregates need (deduplicated)."""
-    parts: dict[tuple, dict] = {}
-
-    def need(kind, column=None, equals=None):
-        k = (kind, column, json.dumps(equals))
-        if k not in parts:
-            parts[k] = {"name": f"__p{len(parts)}", "kind": kind, "column": column, "equals": equals}
-        return parts[k]["name"]
-
-    for a in q["aggregates"]:
-        op, c = a["op"], a["column"]
-        if op == "count":
-            a["_parts"] = [need("count", c)] if c else [need("count_all")]
-        elif op in ("sum", "min", "max"):
-            a["_parts"] = [need(op, c)]
-        elif op == "mean":
-            a["_parts"] = [need("sum", c), need("count", c)]
-        else:  # share
-            a["_parts"] = [need("eqsum", c, a["equals"]), need("count", c)]
-    return list(parts.values())
 
 
 def _ancestor_levels(q: dict) -> dict[str, str]:
@@ -172,12 +72,12 @@ def plan_query(
     *,
     max_task_bytes: int = 512 * 1024 * 1024,
     max_task_files: int = 32,
-    store: Store | None = None,
+    store: ObjectStore | None = None,
 ) -> dict:
     """Files overlapping the range (from the index, no S3 listing) cut into worker tasks; every file of each ancestor
     level. With `store`, the filters' and aggregates' columns are checked against the newest file's schema of their
     level first (`check_types`): a mismatch is a QueryError here, not a failure of every worker."""
-    q = normalize_query(query)
+    q = validate_query(query)
     if q["start"] is None and q["end"] is None:
         files = index.files_for_run(q["source"], q["level"])  # every file, rows without a time included
     else:
@@ -208,7 +108,7 @@ def plan_query(
     }
 
 
-def _schema(store: Store, key: str) -> pa.Schema | None:
+def _schema(store: ObjectStore, key: str) -> pa.Schema | None:
     """A file's schema, or None when it cannot be read (gone, damaged): the workers then report that file."""
     try:
         return pq.read_schema(pa.BufferReader(store.get(key)))
@@ -459,7 +359,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables([conform(t, schema) for t in tables])
 
 
-def _load_ancestor(store: Store, level: str, keys: list[str], key_field: str, columns: list[str]) -> pa.Table:
+def _load_ancestor(store: ObjectStore, level: str, keys: list[str], key_field: str, columns: list[str]) -> pa.Table:
     tables = []
     for k in keys:
         pf = pq.ParquetFile(pa.BufferReader(store.get(k)))
@@ -498,78 +398,92 @@ def _load_ancestor(store: Store, level: str, keys: list[str], key_field: str, co
     return t
 
 
-def partial_aggregate(store: Store, task: dict, query: dict, *, threads: int | None = None) -> dict:
+@dataclass
+class _Reading:
+    """What a worker reads of the queried level's files and how it aggregates them before any join."""
+
+    start: datetime | None
+    end: datetime | None
+    first_keys: list[str]  # own group-by columns, then the lineage columns of the ancestors joined
+    columns: list[str]  # every column read
+    own_filters: list[dict]
+    ancestors: dict[str, str]  # level -> key field
+
+    @classmethod
+    def of(cls, q: dict) -> _Reading:
+        anc = _ancestor_levels(q)
+        own_keys = [g["column"] for g in q["group_by"] if not g["level"]]
+        own_filters = [f for f in q["filters"] if not f["level"]]
+        first_keys = list(dict.fromkeys(own_keys + [lineage_column(lv) for lv in anc]))
+        columns = list(dict.fromkeys(first_keys + [f["column"] for f in own_filters] +
+                                     [p["column"] for p in q["parts"] if p["column"]]))
+        return cls(parse_instant(q["start"]), parse_instant(q["end"]), first_keys, columns, own_filters, anc)
+
+
+def _aggregate_file(store: ObjectStore, f: dict, q: dict, rd: _Reading, stat_names) -> tuple[pa.Table | None, dict]:
+    """One file: its needed columns and row groups, filtered, aggregated by the first keys (None: no row)."""
+    st = dict.fromkeys(stat_names, 0)
+    data = store.get(f["key"])
+    st["files"], st["bytes"] = 1, len(data)
+    table = _read_file(data, rd.columns, q.get("time_column") or f.get("time_column"), rd.start, rd.end, st)
+    if table is None or not table.num_rows:
+        return None, st
+    mask = _mask(table, rd.own_filters)
+    if mask is not None:
+        table = table.filter(mask)
+    st["rows_matched"] = table.num_rows
+    if not table.num_rows:
+        return None, st
+    inputs = _part_inputs(table, q["parts"])
+    keyed = table.select(rd.first_keys)
+    for name, col in zip(inputs.column_names, inputs.columns):
+        keyed = keyed.append_column(name, col)
+    if any(pa.types.is_dictionary(keyed.schema.field(k).type) and keyed[k].num_chunks > 1 for k in rd.first_keys):
+        keyed = keyed.unify_dictionaries()
+    return _decode_keys(_aggregate(keyed, rd.first_keys, q["parts"], merge=False)), st
+
+
+def _join_ancestors(store: ObjectStore, agg: pa.Table, q: dict, task: dict, ancestors: dict[str, str]) -> pa.Table:
+    """Each ancestor level's columns joined on the lineage key (the latest copy of each ancestor), then its filters."""
+    anc_filters = [f for f in q["filters"] if f["level"]]
+    for level, key_field in ancestors.items():
+        cols = list(dict.fromkeys([g["column"] for g in q["group_by"] if g["level"] == level] +
+                                  [f["column"] for f in anc_filters if f["level"] == level]))
+        at = _load_ancestor(store, level, task.get("ancestors", {}).get(level, []), key_field, cols)
+        lk = lineage_column(level)
+        akey = f"__key_{level}"
+        at = at.rename_columns([akey if c == key_field else f"{level}.{c}" for c in at.column_names])
+        # join on text keys: the lineage holds the key as the vendor wrote it, the ancestor column may be typed
+        at = at.set_column(at.schema.get_field_index(akey), akey, _as_text(at[akey]))
+        agg = agg.set_column(agg.schema.get_field_index(lk), lk, _as_text(agg[lk]))
+        agg = agg.join(at, keys=[lk], right_keys=[akey], join_type="left outer", use_threads=True)
+    return agg.filter(_mask(agg, anc_filters)) if anc_filters else agg
+
+
+def partial_aggregate(store: ObjectStore, task: dict, query: dict, *, threads: int | None = None) -> dict:
     """One worker: read the task's files (only the needed columns and row groups), aggregate, join ancestors.
 
     Returns mergeable partials: group keys, counts, sums, mins, maxs and share numerators/denominators.
     """
     t0 = time.perf_counter()
-    q = normalize_query(query)
-    parts = q["parts"]
-    start, end = parse_instant(q["start"]), parse_instant(q["end"])
-    anc = _ancestor_levels(q)
-    own_keys = [g["column"] for g in q["group_by"] if not g["level"]]
-    own_filters = [f for f in q["filters"] if not f["level"]]
-    anc_filters = [f for f in q["filters"] if f["level"]]
-    link_keys = [lineage_column(lv) for lv in anc]
-    first_keys = list(dict.fromkeys(own_keys + link_keys))
-    columns = list(dict.fromkeys(first_keys + [f["column"] for f in own_filters] + [p["column"] for p in parts if p["column"]]))
+    q = validate_query(query)
+    parts, rd = q["parts"], _Reading.of(q)
     stats = {"files": 0, "bytes": 0, "row_groups": 0, "row_groups_read": 0, "rows_scanned": 0, "rows_matched": 0}
-
-    def one(f: dict) -> tuple[pa.Table | None, dict]:
-        st = {k: 0 for k in stats}
-        data = store.get(f["key"])
-        st["files"], st["bytes"] = 1, len(data)
-        tcol = q.get("time_column") or f.get("time_column")
-        table = _read_file(data, columns, tcol, start, end, st)
-        out = None
-        if table is not None and table.num_rows:
-            mask = _mask(table, own_filters)
-            if mask is not None:
-                table = table.filter(mask)
-            st["rows_matched"] = table.num_rows
-            if table.num_rows:
-                inputs = _part_inputs(table, parts)
-                keyed = table.select(first_keys)
-                for name, col in zip(inputs.column_names, inputs.columns):
-                    keyed = keyed.append_column(name, col)
-                if any(pa.types.is_dictionary(keyed.schema.field(k).type) and keyed[k].num_chunks > 1 for k in first_keys):
-                    keyed = keyed.unify_dictionaries()
-                out = _decode_keys(_aggregate(keyed, first_keys, parts, merge=False))
-        return out, st
-
     # files in parallel (Arrow releases the GIL): a worker with 2 vCPUs reads 2 files at once
     with ThreadPoolExecutor(max_workers=max(1, min(threads or os.cpu_count() or 1, len(task["files"])))) as pool:
-        done = list(pool.map(one, task["files"]))
+        done = list(pool.map(lambda f: _aggregate_file(store, f, q, rd, stats), task["files"]))
     per_file = [t for t, _ in done if t is not None]
     for _, st in done:
         for k, v in st.items():
             stats[k] += v
-
+    agg = None
     if per_file:
-        agg = _aggregate(_concat(per_file), first_keys, parts, merge=True) if len(per_file) > 1 else per_file[0]
-    else:
-        agg = None
-
+        agg = _aggregate(_concat(per_file), rd.first_keys, parts, merge=True) if len(per_file) > 1 else per_file[0]
     out_names = [g["name"] for g in q["group_by"]]
-    if agg is not None and anc:
-        for level, key_field in anc.items():
-            cols = list(dict.fromkeys([g["column"] for g in q["group_by"] if g["level"] == level] +
-                                      [f["column"] for f in anc_filters if f["level"] == level]))
-            at = _load_ancestor(store, level, task.get("ancestors", {}).get(level, []), key_field, cols)
-            lk = lineage_column(level)
-            akey = f"__key_{level}"
-            at = at.rename_columns([akey if c == key_field else f"{level}.{c}" for c in at.column_names])
-            # join on text keys: the lineage holds the key as the vendor wrote it, the ancestor column may be typed
-            at = at.set_column(at.schema.get_field_index(akey), akey, _as_text(at[akey]))
-            agg = agg.set_column(agg.schema.get_field_index(lk), lk, _as_text(agg[lk]))
-            agg = agg.join(at, keys=[lk], right_keys=[akey], join_type="left outer", use_threads=True)
-        if anc_filters:
-            agg = agg.filter(_mask(agg, anc_filters))
+    if agg is not None and rd.ancestors:
+        agg = _aggregate(_join_ancestors(store, agg, q, task, rd.ancestors), out_names, parts, merge=True)
+    elif agg is not None and rd.first_keys != out_names:
         agg = _aggregate(agg, out_names, parts, merge=True)
-    elif agg is not None and first_keys != out_names:
-        agg = _aggregate(agg, out_names, parts, merge=True)
-
     rows = []
     if agg is not None:
         cols = [agg[n].to_pylist() for n in out_names + [p["name"] for p in parts]]
@@ -616,7 +530,7 @@ def _py_value(v: Any) -> Any:
 
 def reduce_partials(partials: list[dict], query: dict) -> dict:
     """Merge the workers' partials into the final table (rows sorted by group key, nulls last)."""
-    q = normalize_query(query)
+    q = validate_query(query)
     parts = q["parts"]
     names = [p["name"] for p in parts]
     kinds = [p["kind"] for p in parts]
@@ -684,9 +598,9 @@ def _out_value(v):
 # ---------------------------------------------------------------- results
 
 
-def write_result(store: Store, result: dict) -> dict:
+def write_result(store: ObjectStore, result: dict) -> dict:
     """``results/{query_id}.json`` and ``.csv``; returns a small summary for the state machine."""
-    jkey, ckey = layout.result_keys(result["query_id"])
+    jkey, ckey = s3keys.result_keys(result["query_id"])
     store.put(jkey, json.dumps(result, default=str).encode(), "application/json")
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -710,8 +624,9 @@ def format_table(result: dict, max_rows: int = 50) -> str:
     return "\n".join(lines)
 
 
-def run_query(store: Store, index: FileIndex, query: dict, *, write: bool = True, **plan_kw) -> dict:
-    """The whole query in one process (local engine, tests): plan, every task, reduce, write."""
+def query_in_process(store: ObjectStore, index: FileIndex, query: dict, *, write: bool = True, **plan_kw) -> dict:
+    """The whole query in one process (tests, benchmarks): plan, every task, reduce, write. The query workflow runs
+    the same steps as Lambda tasks (lambdas/query.py); `harvest query` starts that workflow."""
     plan = plan_query(index, query, store=store, **plan_kw)
     partials = [partial_aggregate(store, t, plan["query"]) for t in plan["tasks"]]
     result = reduce_partials(partials, plan["query"])

@@ -1,14 +1,5 @@
-"""Column naming, spec types, casting with a report of bad values, schema unification.
-
-Column naming (see harvester/lake/README.md):
-
-* top-level record fields keep their name verbatim (``ts``, ``value``, ``_run_id``, ``_fetched_at``);
-* nested objects are flattened, the path joined with a double underscore ``__``:
-  ``_lineage.troops`` -> ``_lineage__troops``, ``location.lat`` -> ``location__lat``;
-* lists stay list columns; an empty object adds no column.
-
-Spec ``types`` may name a nested field either way (``location.lat`` or ``location__lat``).
-"""
+"""Spec types, casting with a report of bad values, schema unification. Column naming: naming.py (its names are
+imported here for the modules that reach them as ``schema.<name>``)."""
 
 from __future__ import annotations
 
@@ -20,27 +11,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SEP = "__"
-LINEAGE = "_lineage"
-META_STRING_FIELDS = ("_source", "_run_id", "_level", "_fetched_at")
-FETCHED_AT = "_fetched_at"
+from .naming import FETCHED_AT, KEY, LINEAGE, META_STRING_FIELDS, SEP, column_name, lineage_column  # noqa: F401
+
 FETCHED_AT_TYPE = pa.timestamp("us", tz="UTC")
 DEFAULT_TIME_TYPE = pa.timestamp("ms", tz="UTC")
-#: a keyed level's record key as text, as its children's `_lineage` holds it (the ancestor join's right side)
-KEY = "_key"
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError, ValueError)
-
-
-def column_name(path: str) -> str:
-    """Flattened column name of a spec field path (``a.b`` -> ``a__b``)."""
-    return path.replace(".", SEP)
-
-
-def lineage_column(level: str) -> str:
-    """Column holding the key of the ancestor at ``level`` (``warriors`` -> ``_lineage__warriors``)."""
-    return f"{LINEAGE}{SEP}{level}"
 
 
 _TS = re.compile(r"^timestamp\[(s|ms|us|ns)\]$")
@@ -289,6 +266,14 @@ class BadValues:
             for i, v in zip(sel, vals):
                 key, line = locate(i)
                 self.entries.append({"field": column, "value": _jsonable(v), "key": key, "line": line})
+
+    def merge(self, other: BadValues) -> None:
+        """Add another reader's bad values (entries up to this one's limit, notes by column)."""
+        self.count += other.count
+        for column, n in other.by_field.items():
+            self.by_field[column] = self.by_field.get(column, 0) + n
+        self.entries.extend(other.entries[: max(0, self.limit - len(self.entries))])
+        self.notes.update(other.notes)
 
     def summary(self, samples: int = 20) -> dict:
         return {"count": self.count, "by_field": dict(self.by_field), "samples": self.entries[:samples],

@@ -8,12 +8,13 @@ Every lake function takes a ``store`` rather than a client so that the same code
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 
-class Store(Protocol):
+class ObjectStore(Protocol):
     def get(self, key: str) -> bytes: ...
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
@@ -87,7 +88,7 @@ class LocalStore:
                 pass
 
 
-def get_many(store: Store, keys: list[str], threads: int = 8) -> list[bytes]:
+def get_many(store: ObjectStore, keys: list[str], threads: int = 8) -> list[bytes]:
     """Fetch several objects concurrently (network-bound in S3, so threads help even on 2 cores)."""
     if len(keys) <= 1:
         return [store.get(k) for k in keys]

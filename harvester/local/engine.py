@@ -26,10 +26,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
@@ -39,27 +39,24 @@ from harvester.functions import COMMON_ENVIRONMENT, FUNCTION_CATALOG, FunctionDe
 from harvester.ledger import Ledger, create_table_kwargs
 from harvester.local import aliases, iam, moto_patches
 from harvester.local import state as state_store
+from harvester.local.container import drop_metrics
+from harvester.local.names import (  # noqa: F401 - the engine's names, as callers have always imported them
+    ACCOUNT,
+    BUCKET,
+    LIVE,
+    QUERY_STATE_MACHINE,
+    REGION,
+    STATE_MACHINE,
+    TABLE,
+    FakeContext,
+    function_arn,
+)
 from harvester.local.state import LocalState
 from harvester.local.workers import WorkerPool
 from harvester.spec import SourceSpec
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-BUCKET = "harvester-local"
-TABLE = "harvester-ledger"
-STATE_MACHINE = "harvester-harvest"
-QUERY_STATE_MACHINE = "harvester-query"
-
 #: function name -> (handler "module:function", timeout seconds), from the one catalog the stack deploys
 FUNCTIONS = {name: (f.target, f.timeout_s) for name, f in FUNCTION_CATALOG.items()}
-
-
-def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:harvester-{name}"
-
-
-#: the alias the workflow invokes: CDK substitutes each function's `live` alias ARN (`alias.function_arn`)
-LIVE = "live"
 
 
 def substitutions() -> dict[str, str]:
@@ -78,26 +75,6 @@ def substitutions() -> dict[str, str]:
 
 def rendered_definition(path: Path = definition.DEFINITION_PATH) -> str:
     return moto_patches.float_tolerances(definition.render(definition.load(path), substitutions()))
-
-
-@dataclass
-class FakeContext:
-    """The parts of Lambda's context object the handlers and Powertools use."""
-
-    function_name: str
-    timeout: float
-    memory_limit_in_mb: int = 1024
-
-    def __post_init__(self):
-        self._deadline = time.monotonic() + self.timeout
-        self.aws_request_id = uuid.uuid4().hex
-        self.invoked_function_arn = function_arn(self.function_name.removeprefix("harvester-"))
-        self.function_version = "$LATEST"
-        self.log_group_name = f"/aws/lambda/{self.function_name}"
-        self.log_stream_name = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 class Dispatcher:
@@ -132,8 +109,11 @@ class Dispatcher:
         if self.pool is not None:
             return self.pool.invoke(fdef.target, name, timeout, event)
         started = time.monotonic()
-        with iam.as_function(name):
-            result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
+        try:
+            with iam.as_function(name):
+                result = handler(event, FakeContext(name, timeout, fdef.memory_mb))
+        finally:
+            drop_metrics()
         if time.monotonic() - started > timeout:
             raise moto_patches.LambdaKilled(f"Task timed out after {timeout:.2f} seconds")
         return result
@@ -168,7 +148,7 @@ class LocalEngine:
         self.dispatcher: Dispatcher | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> LocalEngine:
         from moto import mock_aws
 
         if self.lock:
@@ -261,6 +241,10 @@ class LocalEngine:
     def add_source(self, spec_path: Path, spec: SourceSpec) -> None:
         """Make a spec file visible to the plan step under its source name, wherever the file lives."""
         shutil.copyfile(spec_path, self._sources_dir / f"{spec.name}.yaml")
+
+    def add_spec(self, spec: SourceSpec) -> None:
+        """Make a parsed spec visible to the plan step (a resume with the spec its run was planned with)."""
+        (self._sources_dir / f"{spec.name}.yaml").write_text(json.dumps(spec.model_dump(mode="json")))
 
     def start(self, execution_input: dict[str, Any]) -> str:
         return self.sfn.start_execution(

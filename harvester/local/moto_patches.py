@@ -1,6 +1,9 @@
 """Patches that make moto behave like AWS where the harvester relies on it.
 
-Each patch is an idempotent ``install_*`` function; its docstring says where moto 5.2.5 differs from AWS.
+Each patch is an idempotent ``install_*`` function. Its docstring is the record of why it exists, in three parts:
+what moto 5.2.5 does, what AWS does (with the documentation page), and the upstream issue where one exists.
+moto's Step Functions executor is a port of LocalStack's interpreter (https://github.com/getmoto/moto/issues/3544),
+so several gaps are LocalStack's too, and their issues are LocalStack's.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import functools
 import threading
 import traceback
 
-# One process-wide lock for every DynamoDB item write/read in moto (NOTES P6).
+# One process-wide lock for every DynamoDB item write/read in moto (install_dynamodb_lock).
 _DYNAMODB_LOCK = threading.RLock()
 _DYNAMODB_METHODS = (
     "put_item",
@@ -22,9 +25,18 @@ _DYNAMODB_METHODS = (
 
 
 def install_dynamodb_lock() -> None:
-    """P6: moto applies a conditional write without a lock, so two threads can both pass the
-    same condition (lost updates, a rate limiter granting more tokens than exist). On AWS these
-    writes are atomic. Wrap the backend's item operations in one process-wide lock."""
+    """moto: applies a conditional write without a lock, so two threads (moto runs Map children and tasks on
+    threads, and ThreadedMotoServer serves each request on one) can both pass the same condition. Seen: 8 threads
+    taking 3,000 tokens with `SET tokens = tokens - :one` under `tokens >= :one` were granted 3,069.
+
+    AWS: a conditional PutItem/UpdateItem/DeleteItem checks its condition and writes as one atomic step: it
+    succeeds only if the condition holds on the item as it is then
+    (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html), so
+    the shared rate limiter and the ledger's conditions rely on it.
+
+    Upstream: moto documents that it does not support concurrent access
+    (https://github.com/getmoto/moto/issues/4471, https://github.com/getmoto/moto/pull/7166); no fix planned.
+    Here: the backend's item operations run under one process-wide lock (3,000 of 3,000 granted)."""
     from moto.dynamodb.models import DynamoDBBackend
 
     for name in _DYNAMODB_METHODS:
@@ -86,10 +98,18 @@ class InvocationRefused(Exception):
 
 
 def install_lambda_dispatch(dispatch) -> None:
-    """P1: Lambda tasks run in-process. `dispatch(function_arn, event) -> result` raises on a function error.
+    """moto: a Lambda Task calls moto's Lambda backend, which runs a function's deployment package in Docker (none
+    here) and knows nothing of the handlers in this repo.
 
-    The executor looks `_invoke_lambda_function` up as a module global on every call, so assigning it works.
-    A raised exception becomes the task's Error (its class name) and Cause, as on AWS.
+    AWS: the Task invokes the function; a handler's unhandled exception comes back with `FunctionError` and a
+    payload `{"errorType", "errorMessage", "stackTrace"}`, and the state's Error is that errorType
+    (https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html,
+    https://docs.aws.amazon.com/lambda/latest/dg/python-exceptions.html); a response over 6 MB fails as
+    `Function.ResponseSizeTooLarge`.
+
+    Upstream: none (executing Lambda in-process is this engine's choice, not a moto bug).
+    Here: `dispatch(function_arn, event) -> result` runs the real handler and raises on a function error; the
+    executor looks `_invoke_lambda_function` up as a module global on every call, so assigning it works.
     """
     import json
 
@@ -119,8 +139,17 @@ def install_lambda_dispatch(dispatch) -> None:
 
 
 def install_tolerance_check() -> None:
-    """P3: moto ignores ToleratedFailureCount/Percentage and lets a Map whose children fail succeed. AWS fails
-    the Map with States.ExceedToleratedFailureThreshold (default tolerance 0); so must local runs."""
+    """moto: parses ToleratedFailureCount/Percentage and ignores them: a Distributed Map whose children fail
+    succeeds, with `null` in the failed children's slots (DescribeMapRun counts them right).
+
+    AWS: a Map Run fails with `States.ExceedToleratedFailureThreshold` once the failed items pass the tolerated
+    count or percentage, 0 by default
+    (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html#maprun-fail-threshold).
+
+    Upstream: LocalStack, whose interpreter moto ported, added the fields to the parser and logs that they "do not
+    yet affect the evaluation" (https://github.com/localstack/localstack/issues/10056,
+    https://github.com/localstack/localstack/pull/11058). Here: `_map_run` raises that error past the
+    thresholds."""
     from moto.stepfunctions.parser.api import HistoryEventType, MapRunFailedEventDetails
     from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
         FailureEvent,
@@ -173,9 +202,14 @@ def install_tolerance_check() -> None:
 
 
 def install_iterative_pools() -> None:
-    """P5: the Distributed Map's worker pool recurses once per item; past ~985 items per worker thread it hits
-    the recursion limit and the execution stays RUNNING forever. The same logic as a loop. (The workflow has no
-    inline Map, whose pool has the same flaw.)"""
+    """moto: the Distributed Map's worker pool recurses once per item; past ~985 items per worker thread it hits
+    Python's recursion limit, the worker dies silently and the execution stays RUNNING forever.
+
+    AWS: a Distributed Map runs every item, up to 10,000 child executions at once
+    (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html).
+
+    Upstream: no issue found (moto or LocalStack). Here: the same logic as a loop. (The workflow has no inline
+    Map, whose pool has the same recursion.)"""
     from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor import (
         distributed_item_processor_worker as dipw,
     )
@@ -207,7 +241,11 @@ def install_iterative_pools() -> None:
 
 
 def install_jsonpath_cache() -> None:
-    """P4: most of the executor's CPU re-parses the same JSONPath expressions; memoise the parsers."""
+    """moto: re-parses every JSONPath expression each time a state evaluates it; ~60% of the executor's CPU, about
+    250 Map items/s on this kind of machine.
+
+    AWS: not a behaviour, a speed: nothing to match. Upstream: no issue found. Here: the parsers are memoised
+    (`functools.lru_cache`), about 900 items/s; results are the same objects jsonpath_ng returns."""
     import jsonpath_ng
     import jsonpath_ng.ext
     from moto.stepfunctions.parser.asl.component.common.path import result_path
@@ -237,9 +275,15 @@ def state_size(value) -> int:
 
 
 def install_size_quota() -> None:
-    """moto checks 256 KiB (States.DataLimitExceeded) on every state's output and every Task's result, but on
-    `json.dumps` with spaces after ',' and ':' (a payload AWS accepts can fail locally) and with `<` where AWS allows
-    exactly 256 KiB. The check as AWS makes it, in every module that imported moto's."""
+    """moto: checks 256 KiB (States.DataLimitExceeded) on every state's output and every Task's result, but on
+    `json.dumps` with spaces after ',' and ':' (a payload AWS accepts can fail locally), with `<` where AWS allows
+    exactly 256 KiB, and never on a Lambda Task's Payload after Parameters.
+
+    AWS: 256 KiB as a UTF-8 string for a state's input or output, a task's result and a Task's parameters
+    (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html, "Maximum input or output size").
+
+    Upstream: no issue found. Here: the check as AWS makes it, in every module that imported moto's, and on the
+    Payload."""
     from moto.stepfunctions.parser.asl.component.state import state
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_lambda
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service
@@ -268,9 +312,13 @@ def install_size_quota() -> None:
 
 
 def install_terminal_errors() -> None:
-    """moto's `States.ALL` matches every error. On AWS it matches neither `States.DataLimitExceeded` nor
-    `States.Runtime`: both are terminal and fail the execution whatever the Catch or Retry says, unless the
-    rule names them (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html, "States.ALL")."""
+    """moto: `States.ALL` in a Retry or Catch matches every error.
+
+    AWS: `States.ALL` matches neither `States.DataLimitExceeded` nor `States.Runtime`: both are terminal and fail
+    the execution whatever the Catch or Retry says, unless the rule names them
+    (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html, "States.ALL").
+
+    Upstream: no issue found. Here: a rule matches those two only when it names them."""
     from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import ErrorEqualsDecl
     from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
     from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
@@ -315,7 +363,7 @@ def child_record(map_run_record, index: int, child_input, started, program_state
         "RedriveCount": 0,
         "StartDate": started.isoformat(),
         "StateMachineArn": map_run_record.map_state_machine_arn,
-        "StopDate": datetime.datetime.now(tz=datetime.timezone.utc).isoformat(),
+        "StopDate": datetime.datetime.now(tz=datetime.UTC).isoformat(),
     }
     if isinstance(program_state, ProgramError):
         error = program_state.error or {}
@@ -328,11 +376,16 @@ def child_record(map_run_record, index: int, child_input, started, program_state
 
 
 def install_map_results() -> None:
-    """moto returns `null` for a failed child of a Distributed Map and never checks the Map's result against the
-    256 KiB limit. AWS returns a failed child's whole execution record (its input included) in the Map's result
-    unless a ResultWriter is set, and fails the state with States.DataLimitExceeded when that result passes
-    256 KiB; with a ResultWriter the result goes to S3 and the state's output is the small ResultWriterDetails
-    object (install_result_writer). Each child's record is kept on its map run for the writer."""
+    """moto: returns `null` for a failed child of a Distributed Map and never checks the Map's result against the
+    256 KiB limit.
+
+    AWS: returns a failed child's whole execution record (its input included) in the Map's result unless a
+    ResultWriter is set, and fails the state with States.DataLimitExceeded when that result passes 256 KiB; with a
+    ResultWriter the result goes to S3 and the state's output is the small ResultWriterDetails object
+    (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html).
+
+    Upstream: no issue found. Here: each child's record is kept on its map run, for the Map's result and for the
+    writer (install_result_writer)."""
     import datetime
 
     from moto.stepfunctions.parser.asl.component.state.exec.state_map import state_map
@@ -354,7 +407,7 @@ def install_map_results() -> None:
         env_frame._harvester_child_input = env_frame.states.get_input()
 
     def _eval_job(self, env, job):
-        started = datetime.datetime.now(tz=datetime.timezone.utc)
+        started = datetime.datetime.now(tz=datetime.UTC)
         eval_job(self, env, job)
         state = env.program_state()
         if job.job_output is None and not isinstance(state, ProgramError):
@@ -393,7 +446,9 @@ def install_map_results() -> None:
 
 
 def install_result_writer() -> None:
-    """moto's ResultWriter writes an empty manifest. AWS writes, under `{Prefix}/{map run id}/`, one file per
+    """moto: its ResultWriter writes only a manifest.json with empty ResultFiles, as LocalStack's first version did
+    (https://github.com/localstack/localstack/pull/11381: "Generation of individual result json is not supported
+    yet"). AWS: writes, under `{Prefix}/{map run id}/`, one file per
     status with every child's record (SUCCEEDED_0.json, FAILED_0.json: JSON arrays, Transformation NONE) and a
     manifest.json listing them; the Map's output is `{"MapRunArn", "ResultWriterDetails": {"Bucket", "Key"}}`
     (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html). The files are written
@@ -403,7 +458,6 @@ def install_result_writer() -> None:
     from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
         resource_eval_s3 as rw,
     )
-
     from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.result_writer_decl import (
         ResultWriter,
     )
@@ -449,8 +503,15 @@ def install_result_writer() -> None:
 
 
 def float_tolerances(definition: str) -> str:
-    """moto's ASL grammar rejects an integer ToleratedFailurePercentage (what CDK emits for 50.0); AWS accepts
-    both. Rewrite integers to floats in the text handed to moto."""
+    """moto: its ASL grammar rejects an integer ToleratedFailurePercentage ("ASLParserException ... no viable
+    alternative at input '"ToleratedFailurePercentage":50'"), which is what CDK emits for 50.0.
+
+    AWS: ToleratedFailurePercentage is a number from 0 to 100, integer or not
+    (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html#maprun-fail-threshold).
+
+    Upstream: the same refusal in LocalStack's parser (https://github.com/localstack/localstack/issues/10189, an
+    integer 99). Here: integers rewritten to floats in the text handed to moto (tests/integration/
+    test_local_engine.py shows the refusal and the fix)."""
     import json
 
     def walk(node):

@@ -7,8 +7,9 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from harvester import storage
 from harvester.ledger import Ledger

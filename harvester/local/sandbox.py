@@ -68,12 +68,12 @@ def disk_mb(folder: str) -> float:
 
 def _main(conn, endpoint: str, tmpdir: str, target: str, engine_pid: int | None = None) -> None:
     """The worker process: import the handler (warm), then run invocations until told to stop."""
-    from harvester.local import workers  # noqa: PLC0415 - in the worker process
+    from harvester.local import container  # noqa: PLC0415 - in the worker process
 
-    workers._init_worker(endpoint, engine_pid)
+    container.init_worker(endpoint, engine_pid)
     os.environ["TMPDIR"] = tmpdir
     tempfile.tempdir = tmpdir
-    conn.send(("ready", workers._warm([target])))
+    conn.send(("ready", container.warm([target])))
     while True:
         try:
             request = conn.recv()
@@ -81,7 +81,7 @@ def _main(conn, endpoint: str, tmpdir: str, target: str, engine_pid: int | None 
             return
         if request is None:
             return
-        conn.send(workers._invoke(*request))
+        conn.send(container.invoke(*request))
 
 
 class Sandbox:

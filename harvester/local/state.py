@@ -26,14 +26,15 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from harvester.ledger import _plain
+from harvester.ledger import PARTITION_KEY, SORT_KEY, _plain
 
 LEDGER_DB = "ledger.sqlite"
 LOCK_FILE = "lock"
@@ -135,7 +136,7 @@ class LocalState:
 
     def put_item(self, item: dict[str, Any]) -> None:
         self._write_db("INSERT OR REPLACE INTO items (pk, sk, item) VALUES (?, ?, ?)",
-                       (item["pk"]["S"], item["sk"]["S"], json.dumps(item, separators=(",", ":"))))
+                       (item[PARTITION_KEY]["S"], item[SORT_KEY]["S"], json.dumps(item, separators=(",", ":"))))
 
     def delete_item(self, pk: str, sk: str) -> None:
         self._write_db("DELETE FROM items WHERE pk = ? AND sk = ?", (pk, sk))
@@ -325,7 +326,7 @@ def install() -> None:
                 key = key_of(args, kwargs)
                 item = backend.get_item(table_name, key)
                 if item is None:
-                    state.delete_item(key["pk"]["S"], key["sk"]["S"])
+                    state.delete_item(key[PARTITION_KEY]["S"], key[SORT_KEY]["S"])
                 else:
                     state.put_item(item.to_json()["Attributes"])
             return result
@@ -334,7 +335,7 @@ def install() -> None:
 
     def item_key(args, kwargs):
         attrs = args[0] if args else kwargs["item_attrs"]
-        return {"pk": attrs["pk"], "sk": attrs["sk"]}
+        return {PARTITION_KEY: attrs[PARTITION_KEY], SORT_KEY: attrs[SORT_KEY]}
 
     def given_key(args, kwargs):
         return args[0] if args else kwargs["key"]

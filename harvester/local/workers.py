@@ -5,7 +5,7 @@ moto's executor, and a worker's wake-ups come late enough that leased rate-limit
 rate-limit benchmark measured utilisation 0.77 at 50 r/s that way), and a handler in the engine's process cannot
 be stopped at its timeout or held to its memory. Here every handler runs in worker processes, one function per
 process, as a Lambda container would (harvester/local/sandbox.py holds each to its function's timeout, memory and
-ephemeral storage):
+ephemeral storage; harvester/local/container.py is what runs inside):
 
 - the parent (the engine) keeps moto in memory and serves it over HTTP on 127.0.0.1 (moto's
   `ThreadedMotoServer`, which shares the in-process backends), so workers read and write the same bucket and
@@ -25,21 +25,16 @@ checkpoint.
 
 from __future__ import annotations
 
-import importlib
-import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from harvester.functions import FunctionDef
 from harvester.local import sandbox
-from harvester.local.iam import as_function
-from harvester.local.moto_patches import lambda_error
 
 #: libraries a worker needs, imported once by the forkserver instead of once per worker process
 PRELOAD = ["boto3", "botocore.session", "httpx", "pydantic", "aws_lambda_powertools", "yaml"]
@@ -52,85 +47,6 @@ class RemoteError(Exception):
         super().__init__(message)
         self.error_type = error_type
         self.stack = stack
-
-
-def _engine_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is dead, only not reaped yet
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux): ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-def _watch_engine(engine_pid: int, parent_pid: int) -> None:
-    """A worker never outlives the engine: if the engine is killed (even SIGKILL, which it cannot catch), its
-    workers would go on calling the vendor for a run nobody is recording. Checked twice a second."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid or not _engine_alive(engine_pid):
-            os._exit(1)
-
-
-def _stop_or_exit(signum, frame) -> None:
-    """SIGTERM from the engine (Ctrl-C, SIGTERM or --timeout of a local run): a fetch batch in progress writes
-    what it fetched and its checkpoint, then ends as BatchIncomplete (harvester.worker.STOP); any other function
-    has nothing to keep and exits at once, as the default action would."""
-    import sys  # noqa: PLC0415
-
-    worker = sys.modules.get("harvester.worker")
-    if worker is None or not worker.ACTIVE:
-        os._exit(128 + signum)
-    worker.STOP.set()
-
-
-def _init_worker(endpoint: str, engine_pid: int | None = None) -> None:
-    import threading
-
-    if engine_pid is not None:
-        threading.Thread(target=_watch_engine, args=(engine_pid, os.getppid()), name="watch-engine",
-                         daemon=True).start()
-    signal.signal(signal.SIGTERM, _stop_or_exit)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    # as in the engine's process: module-level Powertools objects warn about re-added dimensions when metrics are
-    # disabled locally (nothing flushes them)
-    warnings.filterwarnings("ignore", module="aws_lambda_powertools")
-
-
-def _warm(targets: list[str]) -> int:
-    """Import the handlers (a warm container); returns the worker's pid."""
-    import harvester.local.engine  # noqa: F401, PLC0415 - FakeContext
-    from harvester.client import ssl_context  # noqa: PLC0415
-
-    for target in targets:
-        importlib.import_module(target.split(":")[0])
-    ssl_context()  # what a warm container built on its first invocation
-    return os.getpid()
-
-
-def _invoke(target: str, name: str, timeout: float, event: dict[str, Any], env: dict[str, str],
-            memory_mb: int = 1024) -> tuple[str, Any]:
-    from harvester.local.engine import FakeContext  # noqa: PLC0415 - the worker imports only what it runs
-
-    # the engine's environment at the time of the call (a spec's credential variable may be set after the pool
-    # started), the way a function's configuration reaches a Lambda container
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    os.environ.update(env)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    module, func = target.split(":")
-    handler = getattr(importlib.import_module(module), func)
-    try:
-        with as_function(name):  # the function's role, when the engine enforces IAM
-            return "ok", handler(event, FakeContext(name, timeout, memory_mb))
-    except Exception as exc:  # noqa: BLE001 - every error goes back to the state machine, by name
-        report = lambda_error(exc)
-        return "error", (report["errorType"], report["errorMessage"], report["stackTrace"])
 
 
 class WorkerPool:
@@ -170,7 +86,7 @@ class WorkerPool:
         for short in self.warm:
             if short in self.functions:
                 with ThreadPoolExecutor(self.size) as starter:
-                    self._idle[short] += list(starter.map(lambda _: self._new(short), range(self.size)))
+                    self._idle[short] += list(starter.map(lambda _, short=short: self._new(short), range(self.size)))
 
     def _acquire(self, short: str) -> sandbox.Sandbox:
         with self._cond:

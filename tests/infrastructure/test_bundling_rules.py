@@ -8,7 +8,6 @@ import pytest
 
 from stacks.bundling import PLATFORMS, REQUIREMENTS_DIR, BundleError, BundleSpec
 
-
 TREE = {
     "lambdas/__init__.py": "",
     "lambdas/plan.py": "from harvester import aws\nfrom harvester.spec import load_spec\n",
@@ -48,7 +47,7 @@ def test_a_bundle_carries_exactly_what_its_handler_imports(tmp_path):
     assert [rel for _, rel in spec_for(tmp_path, "plan").files()] == [
         "harvester/__init__.py", "harvester/aws.py", "harvester/spec.py", "harvester/storage.py",
         "harvester/template.py", "lambdas/__init__.py", "lambdas/plan.py", "sources/demo.yaml",
-    ]  # fmt: skip
+    ]
 
 
 def test_lazy_and_relative_imports_are_followed(tmp_path):

@@ -98,7 +98,7 @@ def test_dynamodb_retries_cover_the_server_side_errors():
         if state.get("Type") == "Task" and state.get("Resource", "").startswith("arn:aws:states:::dynamodb:"):
             retried = {e for rule in state.get("Retry", []) for e in rule["ErrorEquals"]}
             assert {"DynamoDB.InternalServerError", "DynamoDB.ProvisionedThroughputExceededException",
-                    "DynamoDB.ThrottlingException", "DynamoDB.RequestLimitExceeded"} <= retried, name  # fmt: skip
+                    "DynamoDB.ThrottlingException", "DynamoDB.RequestLimitExceeded"} <= retried, name
 
 
 # --- Distributed Map results -----------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_every_distributed_map_writes_its_results_where_the_role_may_write(harve
     for workflow in stack.workflows.values():
         states = json.loads(workflow.definition_path.read_text())["States"]
         maps = [(n, s) for n, s in all_states(states) if s.get("Type") == "Map"
-                and s["ItemProcessor"]["ProcessorConfig"].get("Mode") == "DISTRIBUTED"]  # fmt: skip
+                and s["ItemProcessor"]["ProcessorConfig"].get("Mode") == "DISTRIBUTED"]
         assert maps
         for name, state in maps:
             writer = state.get("ResultWriter")
@@ -121,5 +121,5 @@ def test_every_distributed_map_writes_its_results_where_the_role_may_write(harve
             workflow.machine.role.node.find_child("DefaultPolicy").node.default_child)]["Properties"]["PolicyDocument"]
         grant = next(s for s in role["Statement"] if s.get("Sid") == "WriteMapResults")
         assert set(grant["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
-                                        "s3:AbortMultipartUpload"}  # fmt: skip
+                                        "s3:AbortMultipartUpload"}
         assert f"/{workflow.reader_prefix}*/map-results/*" in json.dumps(grant["Resource"])

@@ -72,3 +72,30 @@ def test_every_setting_from_the_environment_under_cdk_json(monkeypatch):
             cfg.schedules, cfg.alarmEmail, cfg.expectedRunMinutes, cfg.throttledAlarmThreshold, cfg.bucketName,
             cfg.tableName, cfg.workflowLogLevel) == (False, False, 7, "x86_64", True, False, False, "ops@example.com",
                                                      60, 3, "my-harvest-bucket", "my-harvest-ledger", "FATAL")
+
+
+def test_one_rule_names_the_deploy_settings_for_the_app_and_the_local_iam_cache(monkeypatch):
+    """stacks/settings.py is the one list of deploy settings and their environment variables: the app reads them
+    (HarvesterConfig, stacks/app.py) and the local engine's cache of the synthesized policies is keyed on them,
+    so a setting given in the environment never serves a stale template's policies."""
+    import subprocess
+    import sys
+    from dataclasses import fields
+
+    from harvester.local.iam import policies
+    from stacks.settings import env_name, environment_variables
+
+    names = environment_variables()
+    assert {env_name(f.name) for f in fields(HarvesterConfig) if f.name != "extra"} < set(names)
+    assert {"HARVESTER_ALARM_EMAIL", "HARVESTER_WORKFLOW_LOG_LEVEL", "HARVESTER_STACK_NAME", "HARVESTER_ACCOUNT",
+            "HARVESTER_REGION"} < set(names)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    base = policies.inputs_hash()
+    for name in names:
+        monkeypatch.setenv(name, "x")
+        assert policies.inputs_hash() != base, f"{name} does not key the local IAM cache"
+        monkeypatch.delenv(name)
+    # the local engine imports it on every run: it must not start the CDK (jsii's Node runtime)
+    probe = "import sys, stacks.settings; sys.exit('aws_cdk' in sys.modules or 'jsii' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

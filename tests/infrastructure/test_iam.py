@@ -48,7 +48,7 @@ def test_no_star_resource_on_data_actions(harvester_app):
 def test_no_action_wildcards_and_deletes_only_where_declared(harvester_app):
     stack = harvester_app.stack
     deleters = {stack.get_logical_id(fn.role.node.find_child("DefaultPolicy").node.default_child): name
-                for name, fn in stack.functions.items() if stack.function_access[name].s3_delete}  # fmt: skip
+                for name, fn in stack.functions.items() if stack.function_access[name].s3_delete}
     for logical_id, s in statements(harvester_app.cfn):
         for a in _as_list(s.get("Action", [])):
             assert "*" not in a or a.startswith(("xray:", "logs:")), (logical_id, a)
@@ -72,7 +72,7 @@ def test_lake_function_grants(harvester_app):
     if "query" in stack.functions:
         query = policy_of(harvester_app, stack.functions["query"])
         assert {a for a in actions(query) if a.startswith("dynamodb:")} <= {"dynamodb:GetItem", "dynamodb:Query",
-                                                                             "dynamodb:BatchGetItem"}  # fmt: skip
+                                                                             "dynamodb:BatchGetItem"}
         writes = json.dumps([s["Resource"] for s in query if "s3:PutObject" in _as_list(s["Action"])])
         assert "/results/*" in writes and "/raw/*" not in writes and "/processed/*" not in writes
 
@@ -98,8 +98,8 @@ def test_function_grants(harvester_app):
 def test_secrets_are_read_by_exactly_the_functions_whose_code_reads_them(harvester_app):
     """A function gets the secrets grant if and only if its bundle carries harvester/secrets.py (plan checks the
     credential before a run starts, fetch uses it), and then only for the source secrets."""
+    from harvester.functions import FUNCTION_CATALOG
     from stacks.bundling import REQUIREMENTS_DIR, BundleSpec
-    from stacks.harvester_stack import FUNCTION_CATALOG
 
     stack = harvester_app.stack
     for name, fn in stack.functions.items():

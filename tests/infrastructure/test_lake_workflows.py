@@ -79,7 +79,7 @@ def test_query_function_looks_up_the_index_in_the_ledger_table_read_only(harvest
     lookups = [s for s in stmts if "dynamodb:Query" in _as_list(s["Action"])]
     assert lookups and any({"Fn::GetAtt": [table_id, "Arn"]} in _as_list(s["Resource"]) for s in lookups)
     assert not {a for a in actions(stmts) if a.startswith("dynamodb:")} - {"dynamodb:GetItem", "dynamodb:Query",
-                                                                          "dynamodb:BatchGetItem"}  # fmt: skip
+                                                                          "dynamodb:BatchGetItem"}
     reads = json.dumps([s["Resource"] for s in stmts if "s3:GetObject" in _as_list(s["Action"])])
     assert "/processed/*" in reads and "/raw/*" not in reads
     fn = harvester_app.cfn["Resources"][stack.get_logical_id(stack.functions["query"].node.default_child)]

@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bundling import PLATFORMS, PYTHON_VERSION, REQUIREMENTS_DIR, ROOT, RUNTIME_PROVIDED, BundleSpec, cached_build
+from harvester.functions import FUNCTION_CATALOG
+from stacks.bundling import (
+    PLATFORMS,
+    PYTHON_VERSION,
+    REQUIREMENTS_DIR,
+    ROOT,
+    RUNTIME_PROVIDED,
+    BundleSpec,
+    cached_build,
+)
 from stacks.config import HarvesterConfig
-from stacks.harvester_stack import FUNCTION_CATALOG
 
 pytestmark = [pytest.mark.infrastructure, pytest.mark.packaging]
 
@@ -26,10 +34,10 @@ LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 ELF_MACHINE = {"arm64": 183, "x86_64": 62}
 #: every function of the catalog whose handler module exists (convert/query only once the lake is there)
 FUNCTIONS = tuple(n for n, f in FUNCTION_CATALOG.items()
-                  if (ROOT / (f.handler.rsplit(".", 1)[0].replace(".", "/") + ".py")).is_file())  # fmt: skip
+                  if (ROOT / (f.handler.rsplit(".", 1)[0].replace(".", "/") + ".py")).is_file())
 HARVEST_FUNCTIONS = ("plan", "fetch", "advance")
 #: never in any bundle: the laptop's engine and vendor, the runtime's own SDK; pyarrow only in the lake's
-FORBIDDEN = {"moto", "aiohttp", "duckdb", *RUNTIME_PROVIDED}
+FORBIDDEN = {"moto", "aiohttp", "duckdb", "matplotlib", "playwright", *RUNTIME_PROVIDED}
 PY_TAG = "cp" + PYTHON_VERSION.replace(".", "")
 ARCH = HarvesterConfig().arch  # what `cdk deploy` ships by default
 
@@ -79,7 +87,8 @@ def test_only_wheels_for_the_lambda_platform(bundles, name):
             if plat == "any":
                 continue
             assert "manylinux" in plat and plat.endswith(arch_suffix), f"{wheel.parent.name}: {tag}"
-            assert py in (PY_TAG, "cp32", "cp37", "cp38", "cp39") and (abi == PY_TAG or abi == "abi3"), f"{wheel.parent.name}: {tag}"
+            assert py in (PY_TAG, "cp32", "cp37", "cp38", "cp39"), f"{wheel.parent.name}: {tag}"
+            assert abi == PY_TAG or abi == "abi3", f"{wheel.parent.name}: {tag}"
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -100,7 +109,7 @@ def test_the_project_code_the_handler_needs_and_nothing_else(bundles, name):
     assert (root / "lambdas" / "__init__.py").is_file() and (root / "harvester" / "__init__.py").is_file()
     assert sorted(p.name for p in (root / "sources").glob("*.y*ml")) == sorted(
         p.name for p in (REQUIREMENTS_DIR.parent.parent / "sources").glob("*.y*ml"))
-    absent = ["harvester/vendor", "harvester/local", "harvester/cli", "lambdas/requirements"]
+    absent = ["harvester/simulator", "harvester/local", "harvester/cli", "lambdas/requirements"]
     if name in HARVEST_FUNCTIONS:
         absent.append("harvester/lake")
     for path in absent:

@@ -9,6 +9,7 @@ import pytest
 
 from .helpers import ROOT, SPEC, make_app, resource
 
+
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
     from aws_cdk.assertions import Template
@@ -79,17 +80,18 @@ def test_one_secret_per_source(two_sources):
     "text, message",
     [
         ("base_url: https://x\n", "name"),
-        ("name: Bad_Name\n", "name"),
-        ("name: other\n", "file is named"),
-        ("name: src\nschedule: {timezone: UTC}\n", "cron"),
+        (SPEC.format(name="Bad_Name", extra=""), "name"),
+        (SPEC.format(name="other", extra=""), "file is named"),
+        (SPEC.format(name="src", extra="schedule: {timezone: UTC}"), "schedule.cron: Field required"),
         ("- a list\n", "mapping"),
     ],
 )
 def test_a_spec_that_cannot_be_deployed_fails_the_synth_naming_the_file(tmp_path: Path, text, message):
-    from stacks.sources import SourceConfigError, discover
+    from harvester.spec import SpecError
+    from stacks.sources import discover
 
     (tmp_path / "src.yaml").write_text(text)
-    with pytest.raises(SourceConfigError, match=message) as err:
+    with pytest.raises(SpecError, match=message) as err:
         discover(tmp_path)
     assert "src.yaml" in str(err.value)
 
@@ -97,7 +99,33 @@ def test_a_spec_that_cannot_be_deployed_fails_the_synth_naming_the_file(tmp_path
 def test_duplicate_names_are_refused(tmp_path: Path):
     from stacks.sources import SourceConfigError, discover
 
-    (tmp_path / "dup.yaml").write_text("name: dup\n")
-    (tmp_path / "dup.yml").write_text("name: dup\n")
+    (tmp_path / "dup.yaml").write_text(SPEC.format(name="dup", extra=""))
+    (tmp_path / "dup.yml").write_text(SPEC.format(name="dup", extra=""))
     with pytest.raises(SourceConfigError, match="also defined"):
         discover(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ("rate_limit: {requests_per_second: -5}", "rate_limit.requests_per_second"),
+        ("auth: {type: header}", "auth.env"),
+        ("schedule: {cron: '0 3 * * *'}", "schedule.cron"),
+        ("max_concurrency: lots", "max_concurrency"),
+    ],
+)
+def test_a_bad_spec_fails_the_synth_with_the_error_harvest_run_prints(tmp_path: Path, capsys, extra, field):
+    """One parser: the stack reads sources/ with harvester/spec.py, so `cdk synth` refuses a spec `harvest run`
+    refuses, with the same message (the file, the field, the problem)."""
+    from harvester.cli.main import main
+    from harvester.spec import SpecError
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(SPEC.format(name="broken", extra=extra))
+    with pytest.raises(SpecError) as synth:
+        make_app({"stackName": "HarvesterBroken"}, sources_dir=tmp_path)
+    assert f"{path}: {field}:" in str(synth.value)
+
+    assert main(["run", str(path), "--local", "--state", str(tmp_path / "state")]) != 0
+    printed = capsys.readouterr().err.strip()
+    assert printed == f"error: {synth.value.one_line()}"

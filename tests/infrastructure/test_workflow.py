@@ -134,7 +134,7 @@ def test_every_task_catches_or_is_listed_with_a_reason(harvester_app):
     handles (a Map with no tolerance fails as a whole); anything else needs a Catch or a reason in NO_CATCH."""
     nested = all_states(harvester_app.definition["States"], with_parent=True)
     missing = [n.rsplit("/", 1)[-1] for n, s, parent in nested
-               if s["Type"] in ("Task", "Map") and not s.get("Catch") and not (parent and parent.get("Catch"))]  # fmt: skip
+               if s["Type"] in ("Task", "Map") and not s.get("Catch") and not (parent and parent.get("Catch"))]
     unexplained = sorted(set(missing) - set(NO_CATCH))
     assert not unexplained, f"Tasks without Catch and without a reason in NO_CATCH: {unexplained}"
 

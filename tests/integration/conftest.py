@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from harvester.local.engine import LocalEngine
+from harvester.simulator.server import VendorServer
 from harvester.spec import load_spec
-from harvester.vendor.server import VendorServer
 
 API_KEY = "e2e-key"
 

@@ -5,19 +5,24 @@ through AWS_ENDPOINT_URL, as it would reach AWS."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 import warnings
+from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 
+from harvester import cost
 from harvester.cli.backend import OPTIONAL_OUTPUTS, REQUIRED_OUTPUTS
 from harvester.local.engine import BUCKET, TABLE, LocalEngine
+from harvester.simulator.faults import FaultConfig, FaultRule
 from harvester.spec import load_spec
-from harvester.vendor.faults import FaultConfig, FaultRule
 from tests.integration.conftest import API_KEY, demo_levels, write_spec
+from tests.integration.test_lake_e2e import objects
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +59,15 @@ class Deployed:
         return json.loads(out.stdout)
 
 
-@pytest.fixture
-def deployed(template, vendor_factory, tmp_path):
-    """moto's server with the stack's resources; the Lambda tasks of its executions run the real handlers (the
-    local engine's dispatcher, in this process)."""
+@contextmanager
+def deploy(template, vendor, tmp_path, levels: list[dict], **top):
+    """moto's server with the stack's resources and one source (`e2e`, on `vendor`); the Lambda tasks of its
+    executions run the real handlers (the local engine's dispatcher, in this process)."""
     from moto.server import ThreadedMotoServer
 
     stack_name, outputs = template
     assert set(REQUIRED_OUTPUTS) | set(OPTIONAL_OUTPUTS) <= set(outputs), "the CLI reads outputs the stack lacks"
-    vendor = vendor_factory(**SIZES)
-    spec_path = write_spec(tmp_path, vendor, demo_levels())
+    spec_path = write_spec(tmp_path, vendor, levels, **top)
     with LocalEngine(tmp_path / "state", processes=0) as engine:
         engine.add_source(spec_path, load_spec(spec_path))
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # shares mock_aws's backends
@@ -79,9 +83,16 @@ def deployed(template, vendor_factory, tmp_path):
                 engine.cfn = __import__("boto3").client("cloudformation", region_name="us-east-1")
                 engine.cfn.create_stack(StackName=stack_name, TemplateBody=json.dumps(body))
             host, port = server.get_host_and_port()
-            yield Deployed(engine, f"http://{host}:{port}", stack_name, load_spec(spec_path)), vendor
+            yield Deployed(engine, f"http://{host}:{port}", stack_name, load_spec(spec_path))
         finally:
             server.stop()
+
+
+@pytest.fixture
+def deployed(template, vendor_factory, tmp_path):
+    vendor = vendor_factory(**SIZES)
+    with deploy(template, vendor, tmp_path, demo_levels()) as stack:
+        yield stack, vendor
 
 
 def test_run_follow_runs_status_and_query_on_the_stack(deployed):
@@ -100,6 +111,11 @@ def test_run_follow_runs_status_and_query_on_the_stack(deployed):
     assert run["cost"]["total_usd"] > 0 and run["cost"]["counts"]["lambda_requests"] == sum(
         v for k, v in meter.items() if k.startswith("lambda_requests_"))
     assert f"cost of run {run_id}" in out.stdout
+    # the custom metrics its fetch invocations published, once per metric and clock hour, priced in its cost
+    metric_names = {s.split("|", 1)[1] for s in meter["metric_series"]}
+    assert len(metric_names) == cost.metrics_per_source(rate_limited=False)  # one set for all the levels
+    assert run["cost"]["counts"]["metric_series_hours"] == len(meter["metric_series"])
+    assert run["cost"]["usd"]["cloudwatch_metrics"] > 0
 
     assert stack.json("runs") == {"sources": ["e2e"]}
     runs = stack.json("runs", "e2e")["runs"]
@@ -146,3 +162,35 @@ def test_unknown_run_source_or_stack_is_bad_input(deployed):
         out = stack.harvest(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_a_backfill_on_the_stack_harvests_its_slices_and_leaves_the_daily_bookmark(template, vendor_factory, tmp_path):
+    vendor = vendor_factory(**{**SIZES, "points_per_datagroup": 24 * 10, "interval_seconds": 3600, "variation": 0})
+    start = vendor.data.config.start  # 2026-01-01T00:00Z, a point an hour
+    vendor.set_clock(start + timedelta(days=10))
+    levels = demo_levels({"points": {"type": "link_header", "size_param": "limit", "size": 30}})
+    levels[-1]["window"] = {"start_param": "from", "end_param": "to", "format": "iso", "initial_start": "2026-01-01"}
+    with deploy(template, vendor, tmp_path, levels, rate_limit={"requests_per_second": 150, "burst": 5}) as stack:
+        # a window Plan run refuses: exit 2 (bad input), from the workflow itself when only the name is given
+        bad = stack.harvest("backfill", "e2e", "--from", "2026-01-04", "--to", "2026-01-01", "--run-id", "bad")
+        assert bad.returncode == 2, bad.stderr[-2000:]
+        assert "window" in bad.stderr and stack.engine.ledger.get_run("e2e", "bad") is None
+
+        out = stack.harvest("backfill", "e2e", "--from", "2026-01-01", "--to", "2026-01-04T00:00:00Z",
+                            "--step", "P1D", "--run-id", "b1")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "run b1 " in out.stderr and "SUCCEEDED" in out.stdout
+        run = stack.engine.ledger.get_run("e2e", "b1")
+        assert run["window"]["kind"] == "backfill" and run["window"]["step"] == "P1D"
+        groups = vendor.data.ids("datagroups")
+        assert run["levels"]["points"]["batches"] >= 1
+        # one call per datagroup and daily slice (a day's 24 points on one page), and exactly those 3 days' points
+        assert vendor.stats().by_route["points"] == 3 * len(groups) and vendor.stats().refused == 0
+        got = set()
+        for key in objects(stack.engine, "raw/e2e/b1/"):
+            if "/points/" in key:
+                body = gzip.decompress(stack.engine.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+                got |= {(r["_lineage"]["datagroups"], r["ts"]) for r in map(json.loads, body.splitlines())}
+        assert got == {(g, ts) for g, ts in vendor.data.point_keys() if ts < "2026-01-04"}
+        assert len(got) == 3 * 24 * len(groups)
+        assert stack.engine.ledger.get_bookmark("e2e") is None  # a backfill never moves the daily bookmark

@@ -8,10 +8,13 @@ import gzip
 import json
 import math
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from harvester.vendor.faults import FaultConfig, FaultRule
+from harvester.local.engine import LocalEngine
+from harvester.simulator.faults import FaultConfig, FaultRule
+from harvester.spec import load_spec
 from tests.integration.conftest import demo_levels, write_spec
 from tests.integration.test_lake_e2e import BUCKET, connect, download_lake, objects, table
 
@@ -108,7 +111,9 @@ def test_three_daily_runs_fetch_only_their_windows_and_an_interrupted_day_is_res
 def test_a_backfill_of_30_daily_slices_runs_under_the_limit_resumes_a_failed_slice_alone_and_keeps_the_bookmark(
     vendor_factory, engine, tmp_path
 ):
-    vendor = vendor_factory(**{**VENDOR, "troops": 1, "rate": 20, "burst": 5})
+    # each answer takes 120 ms and the limit spaces calls 50 ms apart: calls made in parallel must overlap at the
+    # vendor (with instant answers they need not, and max_in_flight would say nothing about our parallelism)
+    vendor = vendor_factory(**{**VENDOR, "troops": 1, "rate": 20, "burst": 5, "latency_ms": 120})
     start = vendor.data.config.start
     groups = vendor.data.ids("datagroups")
     levels = windowed_levels({**WINDOW, "initial_start": "2026-01-31T00:00:00Z", "format": "epoch_s"})
@@ -179,3 +184,85 @@ def test_the_cursor_variant_sends_each_parent_its_largest_value_from_the_last_su
     raw = raw_points(engine, spec.name)
     assert set(raw) == vendor.data.point_keys()
     assert lake_point_count(engine, spec.name) == vendor.data.counts()["points"] == 72 * len(groups)
+
+
+def lake_points(engine, source: str, root) -> list[tuple]:
+    """Every point row of the lake as (datagroup, ts, value, status), sorted; duplicates kept."""
+    paths = download_lake(engine, source, root)
+    return connect().execute(
+        f"SELECT _lineage__datagroups, strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%SZ'), value, status "
+        f"FROM {table(paths, 'points')} ORDER BY 1, 2").fetchall()
+
+
+def uptime_by_datagroup(engine, source: str) -> list:
+    desc, result = engine.query({"source": source, "level": "points", "start": "2026-01-01T00:00:00Z",
+                                 "end": "2026-02-01T00:00:00Z", "group_by": ["datagroups.id"],
+                                 "aggregates": [{"op": "count", "as": "n"}, {"op": "max", "column": "value"},
+                                                {"op": "share", "column": "status", "equals": "up"}]}, timeout=120)
+    assert desc["status"] == "SUCCEEDED", desc.get("cause")
+    return result["rows"]
+
+
+def test_a_backfill_of_30_daily_slices_runs_in_parallel_and_ends_with_the_lake_of_30_daily_runs(
+    vendor_factory, tmp_path
+):
+    """Two identical vendors (same seed and books; the backfill's answers 150 ms late, so that two batches in flight
+    overlap for certain), two state folders: January as one backfill in daily slices, and as 30 daily runs with
+    the vendor's clock a day on between them. Both lakes must be the vendor's books, each point once, and
+    answer a query alike."""
+    config = {**VENDOR, "troops": 1, "warriors_per_troop": 1, "points_per_datagroup": 24 * 31, "rate": 10, "burst": 5}
+    rate_limit = {"requests_per_second": 10, "burst": 5}
+    end = "2026-01-31T00:00:00Z"
+
+    def spec(vendor) -> Path:
+        """Two levels, the warrior's datagroups and their points, so that 30 local runs take seconds each."""
+        levels = windowed_levels(WINDOW)[2:]
+        levels[0]["path"] = f"/warriors/{vendor.data.ids('warriors')[0]}/datagroups"
+        levels[1]["pagination"]["size"] = 30  # a day's 24 points (26 with the lookback): one call per datagroup
+        levels[1]["batch_size"] = 2  # a Map item per slice (both datagroups)
+        return write_spec(tmp_path, vendor, levels, name="jan", rate_limit=rate_limit, max_in_flight=1)
+
+    # the backfill: 30 slices of a day; each batch sends one request at a time, so two requests in flight at the
+    # vendor are two batches (Map items) in flight
+    vendor = vendor_factory(**config, latency_ms=150)
+    groups = vendor.data.ids("datagroups")
+    vendor.set_clock(vendor.data.config.start + timedelta(days=30))
+    truth = vendor.data.point_keys()
+    path = spec(vendor)
+    with LocalEngine(tmp_path / "backfill") as engine:
+        engine.add_source(path, load_spec(path))
+        desc = engine.run({"source": "jan", "run_id": "backfill",
+                           "window": {"start": "2026-01-01T00:00:00Z", "end": end, "step": "P1D"}}, timeout=300)
+        assert desc["status"] == "SUCCEEDED", desc.get("cause")
+        run = engine.ledger.get_run("jan", "backfill")
+        assert engine.ledger.get_bookmark("jan") is None  # a backfill takes no daily window
+        backfill_lake = lake_points(engine, "jan", tmp_path / "lake-backfill")
+        backfill_answer = uptime_by_datagroup(engine, "jan")
+    stats = vendor.stats()
+    assert run["window"]["kind"] == "backfill" and run["levels"]["points"]["batches"] == 30
+    assert stats.by_route["points"] == 30 * len(groups)  # one call per slice and datagroup: no slice twice
+    assert stats.max_in_flight >= 2  # batches ran side by side
+    # under the limit: the vendor's token bucket (10/s, burst 5) refused nothing, and a bucket admits at most
+    # rate x t + burst requests in any t seconds, so no 1-s window held more than 15
+    assert stats.refused == 0 and stats.seconds_over() == 0
+
+    # 30 daily runs on a vendor with the same books, its clock a day on before each
+    vendor = vendor_factory(**config)
+    path = spec(vendor)
+    with LocalEngine(tmp_path / "daily") as engine:
+        engine.add_source(path, load_spec(path))
+        for day in range(1, 31):
+            now = vendor.data.config.start + timedelta(days=day)
+            vendor.set_clock(now)
+            desc = engine.run({"source": "jan", "run_id": f"day{day:02d}", "as_of": now.isoformat()}, timeout=120)
+            assert desc["status"] == "SUCCEEDED", (day, desc.get("cause"))
+        assert engine.ledger.get_bookmark("jan")["end"] == end
+        daily_lake = lake_points(engine, "jan", tmp_path / "lake-daily")
+        daily_answer = uptime_by_datagroup(engine, "jan")
+    assert vendor.data.point_keys() == truth and vendor.stats().by_route["points"] == 30 * len(groups)
+
+    # the same lake: the vendor's books, each point once (the daily runs' 2-h lookbacks were dropped)
+    assert daily_lake == backfill_lake
+    assert len(backfill_lake) == len(truth) == 30 * 24 * len(groups)
+    assert {(g, ts) for g, ts, _, _ in backfill_lake} == truth
+    assert daily_answer == backfill_answer and [r[1] for r in daily_answer] == [30 * 24] * len(groups)

@@ -11,7 +11,7 @@ import pytest
 
 from harvester import storage
 from harvester.local.moto_patches import LambdaKilled
-from harvester.vendor.faults import FaultConfig, FaultRule
+from harvester.simulator.faults import FaultConfig, FaultRule
 from tests.integration.conftest import demo_levels, write_spec
 from tests.integration.test_harvest_e2e import assert_complete, harvested
 
@@ -114,7 +114,7 @@ def test_worker_killed_halfway_is_finished_by_its_retry(vendor_factory, engine, 
     Step Functions retries it (Sandbox.Timedout) and the retry overwrites the same part: no duplicates."""
     vendor = vendor_factory(**SIZES)
     killed: list[str] = []
-    original = storage.Store.put_json
+    original = storage.HarvestBucket.put_json
 
     def put_json(self, key, value):
         if "/checkpoints/3/" in key and not killed:
@@ -122,7 +122,7 @@ def test_worker_killed_halfway_is_finished_by_its_retry(vendor_factory, engine, 
             raise LambdaKilled("Task timed out after 900.00 seconds")
         return original(self, key, value)
 
-    monkeypatch.setattr(storage.Store, "put_json", put_json)
+    monkeypatch.setattr(storage.HarvestBucket, "put_json", put_json)
     spec, desc = harvest(engine, vendor, tmp_path, "rk")
     assert desc["status"] == "SUCCEEDED", desc.get("cause")
     assert killed and sfn_waits, "the kill and the Step Functions retry both happened"

@@ -27,9 +27,9 @@ from moto import mock_aws
 from harvester import storage
 from harvester.ledger import Ledger, create_table_kwargs, expires_at
 from harvester.ratelimit import limiter_for
+from harvester.simulator.faults import FaultConfig, FaultRule
+from harvester.simulator.server import VendorServer
 from harvester.spec import load_spec, parse_spec
-from harvester.vendor.faults import FaultConfig, FaultRule
-from harvester.vendor.server import VendorServer
 from harvester.worker import BatchIncomplete, harvest_batch
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_a_slow_vendor_call_never_carries_the_handler_past_its_deadline(tmp_path
                                                    paths=["/v1/datagroups/*/points"])))
         run = {"source": spec.name, "run_id": "d1", "attempt": 1, "expires_at": expires_at(1),
                "spec_key": storage.spec_key(spec.name, "d1"), "spec_hash": spec.spec_hash()}
-        storage.Store(engine.s3, BUCKET).put_json(run["spec_key"], spec.model_dump(mode="json"))
+        storage.HarvestBucket(engine.s3, BUCKET).put_json(run["spec_key"], spec.model_dump(mode="json"))
         event = {"run": run, "level": 1, "batch": {"batch_id": "b1", "parents": [{"datagroups": {"id": g}} for g in groups]}}
 
         context = FakeContext("harvester-fetch", 12)
@@ -100,7 +100,7 @@ def test_a_slow_vendor_call_never_carries_the_handler_past_its_deadline(tmp_path
         left = context.get_remaining_time_in_millis() / 1000
         assert left > 0, "the handler ran past its Lambda deadline: Lambda would have stopped it (Sandbox.Timedout)"
 
-        ck = storage.Store(engine.s3, BUCKET).get_json(storage.checkpoint_key(spec.name, "d1", 1, "b1"))
+        ck = storage.HarvestBucket(engine.s3, BUCKET).get_json(storage.checkpoint_key(spec.name, "d1", 1, "b1"))
         assert ck["done"] == sorted(groups[:3])
         assert sorted(stored_points(engine.s3, BUCKET, spec.name, "d1")) == sorted(
             (g, p["ts"]) for g in groups[:3] for p in vendor.data.points(g))
@@ -129,7 +129,7 @@ def test_a_long_retry_after_never_carries_the_handler_past_its_deadline(tmp_path
                                                    paths=["/v1/datagroups/*/points"])))
         run = {"source": spec.name, "run_id": "d2", "attempt": 1, "expires_at": expires_at(1),
                "spec_key": storage.spec_key(spec.name, "d2"), "spec_hash": spec.spec_hash()}
-        storage.Store(engine.s3, BUCKET).put_json(run["spec_key"], spec.model_dump(mode="json"))
+        storage.HarvestBucket(engine.s3, BUCKET).put_json(run["spec_key"], spec.model_dump(mode="json"))
         event = {"run": run, "level": 1, "batch": {"batch_id": "b1", "parents": [{"datagroups": {"id": g}} for g in groups]}}
 
         for invocation in range(1, 6):
@@ -151,7 +151,7 @@ def test_a_long_retry_after_never_carries_the_handler_past_its_deadline(tmp_path
 def vendor_process():
     """The vendor in a process of its own, so that the memory traced here is the worker's alone."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harvester.vendor", "--port", "0", "--troops", "1", "--warriors-per-troop", "1",
+        [sys.executable, "-m", "harvester.simulator", "--port", "0", "--troops", "1", "--warriors-per-troop", "1",
          "--datagroups-per-warrior", "4", "--points-per-datagroup", "10000", "--variation", "0", "--api-key", KEY],
         stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -173,14 +173,15 @@ def test_a_page_heavy_batch_writes_several_parts_and_its_memory_stays_bounded(ve
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="mem")
         table = boto3.resource("dynamodb", region_name="us-east-1").create_table(**create_table_kwargs("ledger"))
-        store, ledger = storage.Store(s3, "mem"), Ledger(table)
+        store, ledger = storage.HarvestBucket(s3, "mem"), Ledger(table)
         first = asyncio.run(harvest_batch(spec, run, 1, {"batch_id": "warm", "parents": [{"datagroups": {"id": groups[0]}}]},
                                           store=store, ledger=ledger, limiter=limiter_for(spec.name, None, 0),
                                           secret=KEY, time_budget=120))  # imports and connections warm
         assert first["records"] == 10_000, first
         tracemalloc.start()
         try:
-            result = asyncio.run(harvest_batch(spec, run, 1, {"batch_id": "b1", "parents": [{"datagroups": {"id": g}} for g in groups]},
+            batch = {"batch_id": "b1", "parents": [{"datagroups": {"id": g}} for g in groups]}
+            result = asyncio.run(harvest_batch(spec, run, 1, batch,
                                                store=store, ledger=ledger, limiter=limiter_for(spec.name, None, 0),
                                                secret=KEY, time_budget=120))
             _, peak = tracemalloc.get_traced_memory()
@@ -236,7 +237,7 @@ def test_a_worker_killed_mid_batch_loses_at_most_its_last_flush_interval(tmp_pat
         assert killed and desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete", desc.get("cause")
 
         served = vendor.stats().records["points"]
-        store = storage.Store(engine.s3, "harvester-local")
+        store = storage.HarvestBucket(engine.s3, "harvester-local")
         committed = sum(store.get_json(k)["records"] for k in store.list_keys(f"runs/{spec.name}/k1/checkpoints/1/"))
         lost = served - committed
         print(f"served before the run failed: {served}, committed: {committed}, lost: {lost}")

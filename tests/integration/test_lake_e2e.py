@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pytest
 
-from harvester.lake import layout
-from harvester.vendor.data import VendorData
-from harvester.vendor.faults import FaultConfig, FaultRule
+from harvester import s3keys
+from harvester.simulator.data import VendorData
+from harvester.simulator.faults import FaultConfig, FaultRule
 from tests.integration.conftest import demo_levels, write_spec
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def objects(engine, prefix: str) -> list[str]:
 def download_lake(engine, source: str, root) -> dict[str, list[str]]:
     """Every committed Parquet file, copied out of moto's S3: {level: [paths]}."""
     paths: dict[str, list[str]] = {}
-    for key in objects(engine, layout.processed_prefix(source, "")[:-1]):
+    for key in objects(engine, s3keys.processed_prefix(source, "")[:-1]):
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(engine.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
@@ -87,7 +87,7 @@ def check_lake(engine, spec, run_id: str, paths) -> dict:
         assert rows == run["levels"][level]["records"] == run["lake"]["levels"][level]["rows"], level
         assert run["lake"]["levels"][level]["files"] >= 1
         assert run["lake"]["levels"][level]["bad_values"] == 0
-    assert objects(engine, layout.staging_prefix(spec.name, run_id)) == []
+    assert objects(engine, s3keys.staging_prefix(spec.name, run_id)) == []
     return run
 
 
@@ -169,7 +169,7 @@ def test_harvest_converts_exactly_the_harvest_and_queries_equal_duckdb_across_a_
     # a second run: the vendor added a field to warriors and to points, and its points are a day later; the schema
     # widens, nothing fails; the troops, warriors and datagroups it lists again are kept once, its copy
     vendor.stop()
-    later = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
     wider = vendor_factory(data=WiderVendorData(start=later, **{k: v for k, v in VENDOR.items() if k not in ("rate", "burst")}),
                            rate=1000, burst=50)
     write_spec(tmp_path, wider, demo_levels(), name="lake")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 
 from harvester.local import moto_patches
 from harvester.local.engine import ACCOUNT, BUCKET, rendered_definition
@@ -68,7 +69,8 @@ def test_large_level_does_not_hang(engine):
 
 def test_integer_tolerance_is_rewritten(engine):
     text = json.dumps(dist_map({"P": {"Type": "Pass", "End": True}}, "P", ToleratedFailurePercentage=50))
-    with pytest.raises(Exception):  # what moto does with CDK's rendering of 50.0
+    # what moto does with CDK's rendering of 50.0: its ASL parser refuses the definition
+    with pytest.raises(ClientError, match="ASLParserException.*ToleratedFailurePercentage"):
         engine.sfn.create_state_machine(name="int-tol", definition=text, roleArn=ROLE)
     desc = run(engine, "int-tol-fixed", moto_patches.float_tolerances(text), [{"n": 1}])
     assert desc["status"] == "SUCCEEDED"

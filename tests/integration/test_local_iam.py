@@ -15,7 +15,7 @@ from tests.integration.conftest import demo_levels, write_spec
 
 pytestmark = pytest.mark.integration
 
-#: what each function reads that may not exist yet (Store.get_json with a default): function -> example keys
+#: what each function reads that may not exist yet (HarvestBucket.get_json with a default): function -> example keys
 OPTIONAL_READS = {
     "fetch": [storage.checkpoint_key("demo", "20260101T000000Z-00000000", 1, "b-000001")],
 }
@@ -100,7 +100,7 @@ def test_an_optional_key_that_does_not_exist_yet_reads_as_absent(engine, functio
     """A batch's first fetch reads its checkpoint before one exists. On AWS a GetObject of a missing key answers
     404 NoSuchKey only with s3:ListBucket on the bucket, decided on the GetObject request, which carries no
     s3:prefix: the grant's s3:prefix condition made it 403 AccessDenied, and every batch failed."""
-    store = storage.Store(engine.s3, BUCKET)
+    store = storage.HarvestBucket(engine.s3, BUCKET)
     with acting_as(role(engine, function)):
         for key in OPTIONAL_READS[function]:
             assert store.get_json(key, default=None) is None
@@ -108,12 +108,12 @@ def test_an_optional_key_that_does_not_exist_yet_reads_as_absent(engine, functio
 
 @pytest.mark.parametrize("function", ["plan", "fetch", "advance", "convert", "query"])
 def test_every_function_sees_a_missing_key_under_its_read_prefixes_as_missing(engine, function):
-    from stacks.harvester_stack import FUNCTION_CATALOG
+    from harvester.functions import FUNCTION_CATALOG
 
     with acting_as(role(engine, function)):
         for prefix in FUNCTION_CATALOG[function].access.s3_read:
             key = prefix.replace("*", "x") + "missing/none.json"
-            assert error_code(lambda: engine.s3.get_object(Bucket=BUCKET, Key=key)) == "NoSuchKey", prefix
+            assert error_code(lambda key=key: engine.s3.get_object(Bucket=BUCKET, Key=key)) == "NoSuchKey", prefix
 
 
 def test_a_harvest_succeeds_with_iam_enforced(vendor_factory, engine, tmp_path):

@@ -113,7 +113,7 @@ def test_sigkill_at_twenty_points_then_resume_loses_nothing(vendor_factory, tmp_
     # a part and a checkpoint every 40 records, so a run killed every few calls still gets somewhere
     os.environ["HARVESTER_FLUSH_RECORDS"] = "40"
     try:
-        for attempt in range(80):
+        for _ in range(80):
             known = (state / "bucket" / "runs" / "e2e" / "target" / "spec.json").exists()
             args = (["resume", "target"] if known else ["run", str(spec_path), "--run-id", "target"])
             proc = start(*args, "--local", "--state", str(state), "--processes", "2")
@@ -248,7 +248,7 @@ def test_an_interrupted_demo_resumes(tmp_path):
     from datetime import datetime
 
     from harvester.cli import _stored_spec
-    from harvester.vendor.data import DataConfig, VendorData
+    from harvester.simulator.data import DataConfig, VendorData
 
     state = tmp_path / "state"
     proc = subprocess.Popen([*CLI, "demo", "--troops", "2", "--warriors", "3", "--datagroups", "4", "--points", "400",
@@ -280,7 +280,7 @@ def test_an_interrupted_demo_resumes(tmp_path):
 def test_a_new_users_local_run_prints_its_run_id_tables_and_no_log_lines(vendor_factory, tmp_path):
     """The id printed at the start is the run id; a run with failed calls ends INCOMPLETE (exit 3) with a table of
     its failures, not with the handlers' JSON log lines cutting through the progress."""
-    from harvester.vendor.faults import FaultConfig, FaultRule
+    from harvester.simulator.faults import FaultConfig, FaultRule
 
     vendor = vendor_factory(troops=2, warriors_per_troop=2, datagroups_per_warrior=2, points_per_datagroup=20, rate=200)
     victim = vendor.data.ids("datagroups")[0]

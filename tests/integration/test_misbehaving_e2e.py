@@ -14,8 +14,8 @@ import yaml
 
 from harvester import storage
 from harvester.local.report import Progress, summary_lines
+from harvester.simulator.rogue import TOKEN, Rogue, RogueApp, Serving
 from harvester.spec import load_spec
-from harvester.vendor.rogue import TOKEN, Rogue, RogueApp, Serving
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_a_crashed_batch_is_reported_and_resumed(github, engine, tmp_path, monke
     rogue, server = github
     rogue.gone = set()
     spec = add_spec(engine, tmp_path, server.url, "gh")
-    original, crashed = storage.Store.put_records, []
+    original, crashed = storage.HarvestBucket.put_records, []
 
     def put_records(self, key, records):
         if "/issues/" in key and not crashed:
@@ -95,7 +95,7 @@ def test_a_crashed_batch_is_reported_and_resumed(github, engine, tmp_path, monke
             raise RuntimeError("a bug in the writer")
         return original(self, key, records)
 
-    monkeypatch.setattr(storage.Store, "put_records", put_records)
+    monkeypatch.setattr(storage.HarvestBucket, "put_records", put_records)
     desc = engine.run({"source": spec.name, "run_id": "rc"}, timeout=240)
     assert crashed and desc["error"] == "Harvest.Incomplete"
     progress = Progress(engine.ledger, spec, stream=open(os.devnull, "w"), every=0)

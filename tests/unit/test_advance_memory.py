@@ -74,11 +74,11 @@ def child_list(n: int, items: int, parents: int) -> list[dict[str, Any]]:
     return out
 
 
-def big_level(endpoint: str, lists: int, items: int, parents: int) -> tuple[dict, storage.Store, Ledger]:
+def big_level(endpoint: str, lists: int, items: int, parents: int) -> tuple[dict, storage.HarvestBucket, Ledger]:
     s3, ddb = clients(endpoint)
     s3.create_bucket(Bucket=BUCKET)
     table = ddb.create_table(**create_table_kwargs(f"ledger-{lists}"))
-    store, ledger = storage.Store(s3, BUCKET), Ledger(table)
+    store, ledger = storage.HarvestBucket(s3, BUCKET), Ledger(table)
     run_id = f"r{lists}"
     for n in range(lists):
         store.put_json(storage.children_key("big", run_id, 2, f"b{n:05d}", 0), child_list(n, items, parents))
@@ -149,7 +149,7 @@ def test_advance_reads_the_level_s_batch_items_a_page_at_a_time():
         state = {"run": {"source": "big", "run_id": "rb", "attempt": 2, "expires_at": expires_at(1)},
                  "level": {"index": 2, "name": "points", "count": 3, "batches": n + 5, "parents": 100 * n},
                  "totals": {}}
-        out = advance_level(state, spec=spec(), store=storage.Store(boto3.client("s3", region_name="us-east-1"), BUCKET),
+        out = advance_level(state, spec=spec(), store=storage.HarvestBucket(boto3.client("s3", region_name="us-east-1"), BUCKET),
                             ledger=ledger)
     assert sum(pages) == n and max(pages) <= 500, f"the level's batch items came in pages of {pages}"
     last = out["last_level"]

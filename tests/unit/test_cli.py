@@ -11,6 +11,7 @@ import pytest
 
 from harvester.local.state import LocalState
 
+
 def harvest(*args: str) -> subprocess.CompletedProcess:
     """`harvest ARGS` in this process (the console script's `main`), its output captured."""
     from harvester.cli import main
@@ -59,6 +60,19 @@ def test_vendor_options_and_help_reach_the_vendor():
     out = harvest("vendor", "--help")
     assert out.returncode == 0, out.stderr
     assert "--troops" in out.stdout and "--port" in out.stdout
+
+
+def test_vendor_usage_names_the_command_it_was_run_as():
+    """Its usage and errors say `harvest vendor` through the harvest CLI, `python -m harvester.simulator` run so."""
+    import sys
+
+    out = harvest("vendor", "--help")
+    assert out.stdout.startswith("usage: harvest vendor "), out.stdout[:300]
+    bad = harvest("vendor", "--no-such-option")
+    assert bad.returncode == 2 and "harvest vendor: error: unrecognized arguments" in bad.stderr, bad.stderr
+    direct = subprocess.run([sys.executable, "-m", "harvester.simulator", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert direct.returncode == 0 and direct.stdout.startswith("usage: python -m harvester.simulator "), direct
 
 
 def test_version():
@@ -119,7 +133,9 @@ def test_cost_estimates_a_seed_sized_run_under_ten_cents():
     assert result["region"] == "us-east-1" and result["arch"] == "arm64" and result["prices_taken"]
     assert 0 < result["total_usd"] <= 0.10, result
     assert set(result["usd"]) == {"step_functions", "lambda_requests", "lambda_compute", "dynamodb", "s3_requests",
-                                  "secrets_manager", "cloudwatch_logs"}
+                                  "secrets_manager", "cloudwatch_logs", "cloudwatch_metrics"}
+    # the fetch function's 12 custom metrics (one set for all levels), over 1 + 584 s / 3600 clock hours on average
+    assert result["counts"]["metric_series_hours"] == pytest.approx(12 * (1 + 29201 / 50 / 3600), rel=0.01)
     table = harvest("cost", str(spec), "--calls", "29201")
     assert "total" in table.stdout and "$" in table.stdout
 

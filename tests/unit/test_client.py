@@ -9,17 +9,17 @@ import base64
 import random
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
 from harvester.client import AuthFailed, CallFailed, Fetcher, OutOfTime, auth_parts, retry_after_seconds
+from harvester.simulator.faults import FaultConfig, FaultRule
+from harvester.simulator.server import VendorServer
 from harvester.spec import SourceSpec, parse_spec
-from harvester.vendor.faults import FaultConfig, FaultRule
-from harvester.vendor.server import VendorServer
 
 KEY = "k-s3cret-7f1e"
 TROOPS = 11  # with pages of 3: four pages, the last one short
@@ -458,9 +458,9 @@ def test_retry_after_seconds():
     assert retry_after_seconds("-4") == 0.0
     assert retry_after_seconds(None) is None and retry_after_seconds("") is None
     assert retry_after_seconds("soon") is None
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 27 <= retry_after_seconds(when) <= 30.5
-    past = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=30), usegmt=True)
+    past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
     assert retry_after_seconds(past) == 0.0
 
 

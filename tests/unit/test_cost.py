@@ -11,6 +11,8 @@ from moto import mock_aws
 from harvester import cost, metering
 from harvester.ledger import Ledger, create_table_kwargs, run_pk
 
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 
 @dataclasses.dataclass
 class Context:
@@ -72,13 +74,76 @@ def test_a_failing_invocation_is_counted_too(aws):
     assert Ledger(aws.table()).meter("demo", "r2")["lambda_requests_advance"] == 1
 
 
+def test_the_custom_metrics_an_invocation_publishes_are_counted_per_series_and_hour(aws):
+    """CloudWatch bills a custom metric (a name with one set of dimension values) for each hour it receives data:
+    the handler's metrics are noted before Powertools flushes them, and priced in the run's cost."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics = Metrics(namespace="HarvesterTest", service="harvester")
+
+    @metering.metered("fetch")
+    @metrics.log_metrics
+    @metering.counts_metrics(metrics)
+    def handler(event, context):
+        metrics.add_dimension(name="level", value=event["level"])
+        metrics.add_metric(name="Calls", unit=MetricUnit.Count, value=3)
+        metrics.add_metric(name="Records", unit=MetricUnit.Count, value=30)
+        if event["level"] == "b":
+            raise RuntimeError("a failed batch publishes what it counted too")
+        return {"ok": True}
+
+    run = {"source": "demo", "run_id": "r3"}
+    for level in ("a", "a", "a"):
+        handler({"run": run, "level": level}, Context())
+    with pytest.raises(RuntimeError):
+        handler({"run": run, "level": "b"}, Context())
+    series = Ledger(aws.table()).meter("demo", "r3")["metric_series"]
+    # two names x two levels, each in the clock hour it was sent (two hours if the test crossed one)
+    assert len({s.split("|", 1)[1] for s in series}) == 4 and len(series) in (4, 6, 8)
+    usage = cost.usage_of_run({"levels": {"a": {}, "b": {}}}, Ledger(aws.table()).meter("demo", "r3"))
+    assert usage.metric_series_hours == len(series)
+    assert cost.breakdown(usage)["usd"]["cloudwatch_metrics"] == round(len(series) * 0.30 / 730, 6)
+
+
+class ItemSizeLimit:
+    """moto's table with DynamoDB's 400 KB item limit, which moto does not enforce on UpdateItem: an update whose
+    values alone pass it is refused with the error AWS gives
+    (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ServiceQuotas.html#limits-items)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def update_item(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        size = sum(len(str(v)) for v in kwargs["ExpressionAttributeValues"].values())
+        if size > 400 * 1024:
+            raise ClientError({"Error": {"Code": "ValidationException",
+                                         "Message": "Item size has exceeded the maximum allowed size"}}, "UpdateItem")
+        return self.table.update_item(**kwargs)
+
+
+def test_a_series_set_too_large_for_the_item_loses_only_itself(aws, caplog, monkeypatch):
+    """The counts are a write of their own: a metric series set DynamoDB refuses does not take them along."""
+    from collections import Counter
+
+    monkeypatch.setattr(metering, "_table", lambda: ItemSizeLimit(aws.table()))
+    big = {f"2026120100|{i:010d}|{'x' * 60}" for i in range(6000)}  # ~500 KB
+    metering._flush("demo", "r4", Counter({"lambda_requests_fetch": 1, "lambda_mb_ms": 2048}), big)
+    meter = Ledger(aws.table()).meter("demo", "r4")
+    assert meter["lambda_requests_fetch"] == 1 and meter["lambda_mb_ms"] == 2048
+    assert "metric_series" not in meter and "meter not recorded (metric_series)" in caplog.text
+
+
 def test_prices_are_applied_per_unit():
     usage = cost.Usage(transitions=1000, lambda_requests=1_000_000, lambda_gb_seconds=1000, ddb_write_units=1_000_000,
                        ddb_read_units=1_000_000, s3_tier1_requests=1000, s3_tier2_requests=1000, secrets_calls=10_000,
-                       log_bytes=1e9)
+                       log_bytes=1e9, metric_series_hours=730)
     got = cost.breakdown(usage, "us-east-1", "arm64")["usd"]
     assert got == {"step_functions": 0.025, "lambda_requests": 0.2, "lambda_compute": 0.013333,
-                   "dynamodb": 0.75, "s3_requests": 0.0054, "secrets_manager": 0.05, "cloudwatch_logs": 0.5}
+                   "dynamodb": 0.75, "s3_requests": 0.0054, "secrets_manager": 0.05, "cloudwatch_logs": 0.5,
+                   "cloudwatch_metrics": 0.3}
     assert cost.breakdown(usage, "us-east-1", "x86_64")["usd"]["lambda_compute"] == 0.016667
     with pytest.raises(ValueError, match="no prices for region"):
         cost.breakdown(usage, "xx-nowhere-1")

@@ -19,6 +19,8 @@ from harvester.local import engine
 from harvester.local.iam.evaluate import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, decide
 from harvester.local.iam.policies import IamModel, model_file
 
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 SIMULATOR = ROOT / "tests" / "node" / "iam_simulate.mjs"
 NAMES = {"REGION": engine.REGION, "ACCOUNT": engine.ACCOUNT, "BUCKET": engine.BUCKET, "TABLE": engine.TABLE}

@@ -8,6 +8,8 @@ import pytest
 from harvester.local.iam import policies
 from harvester.local.iam.requests import Request, requests_for
 
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 R, A = "us-east-1", "123456789012"
 
 

@@ -112,3 +112,31 @@ def test_a_bad_query_file_is_one_line(tmp_path, capsys):
     code = main(["query", "--local", "--query-file", str(tmp_path / "missing.json"), "--state", str(tmp_path / "s")])
     assert code == EXIT_BAD_INPUT
     assert_one_line(capsys.readouterr().err, "missing.json")
+
+
+WINDOWED = [{"name": "items", "path": "/items",
+             "window": {"start_param": "from", "end_param": "to", "initial_start": "2026-01-01"}}]
+
+
+@pytest.mark.parametrize("spec, options, words", [
+    ({"auth": {"type": "header", "env": "NO_SUCH_KEY_VAR"}}, [], ["NO_SUCH_KEY_VAR"]),
+    ({}, ["--from", "2026-01-03", "--to", "2026-01-01"], ["window", "not after"]),
+    ({}, ["--step", "1 day"], ["window", "'1 day'", "duration"]),
+    ({}, ["--from", "2020-01-01", "--step", "PT1M"], ["window", "slices"]),
+    ({"levels": [{"name": "items", "path": "/items"}]}, [], ["declares no window"]),
+])
+def test_a_backfill_that_cannot_run_is_one_line_and_writes_nothing(spec, options, words, tmp_path, capsys,
+                                                                    monkeypatch):
+    """As `harvest run --local`: checked before the state folder exists (it was: an execution that failed in
+    Plan run, in a state folder created for it)."""
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text(spec_text(**{"levels": WINDOWED, **spec}))
+    state = tmp_path / "state"
+    range_ = {"--from": "2026-01-01", "--to": "2026-01-03"}
+    range_.update(dict(zip(options[::2], options[1::2])))
+    code = main(["backfill", str(path), "--state", str(state), *[x for kv in range_.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert not state.exists(), "nothing is written, not even the state folder"
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(err, *words)

@@ -11,13 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from harvester.lake import layout
+from harvester import s3keys
 from harvester.lake.compact import compact_partition, convert_run, plan_compaction
 from harvester.lake.convert import convert_group, convert_table, load_plan, plan_conversion, split_partitions
 from harvester.lake.index import FileIndex
 from harvester.lake.schema import lineage_column, parse_type
 from harvester.lake.store import S3Store
 from harvester.lake.synthetic import create_ledger_table, demo_records, ndjson_gz, write_raw
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
 
 BUCKET, TABLE = "lake-test", "ledger"
 LEVELS = {"points": {"time_field": "ts", "types": {"value": "float64"}}}
@@ -53,7 +55,8 @@ def test_round_trip_counts_values_and_naming(aws):
     assert {"specs__mass", "specs__model", lineage_column("troops"), "firmware", "_fetched_at"} <= set(warriors.column_names)
     assert warriors.schema.field("_fetched_at").type == pa.timestamp("us", tz="UTC")
     got = sorted(warriors.select(["id", "firmware", "specs__mass", "_lineage__troops"]).to_pylist(), key=lambda r: r["id"])
-    want = sorted(({"id": w["id"], "firmware": w["firmware"], "specs__mass": w["specs"]["mass"], "_lineage__troops": w["_lineage"]["troops"]}
+    want = sorted(({"id": w["id"], "firmware": w["firmware"], "specs__mass": w["specs"]["mass"],
+                    "_lineage__troops": w["_lineage"]["troops"]}
                    for w in recs["warriors"]), key=lambda r: r["id"])
     assert got == want
 
@@ -62,7 +65,8 @@ def test_round_trip_counts_values_and_naming(aws):
     key = lambda r: (r["_lineage__datagroups"], r["ts"])  # noqa: E731
     got = sorted(({"ts": r["ts"].strftime("%Y-%m-%dT%H:%M:%SZ"), "value": r["value"], "status": r["status"],
                    "_lineage__datagroups": r["_lineage__datagroups"]} for r in points.to_pylist()), key=key)
-    want = sorted(({"ts": p["ts"], "value": p["value"], "status": p["status"], "_lineage__datagroups": p["_lineage"]["datagroups"]}
+    want = sorted(({"ts": p["ts"], "value": p["value"], "status": p["status"],
+                    "_lineage__datagroups": p["_lineage"]["datagroups"]}
                    for p in recs["points"]), key=key)
     assert got == want
 
@@ -70,7 +74,7 @@ def test_round_trip_counts_values_and_naming(aws):
     keys = [k for k, _ in store.list("processed/demo/")]
     assert {k.split("/")[3] for k in keys if "/points/" in k} == {"event_date=2026-11-20", "event_date=2026-11-21"}
     assert {k.split("/")[3] for k in keys if "/warriors/" in k} == {"run_date=2026-11-25"}
-    assert not store.list(layout.staging_prefix("demo", "r1"))  # staging cleaned up
+    assert not store.list(s3keys.staging_prefix("demo", "r1"))  # staging cleaned up
 
 
 def test_schema_widens_across_runs(aws):
@@ -94,12 +98,15 @@ def test_schema_widens_across_runs(aws):
     assert q.count("good") == len(r2["points"]) and q.count(None) == len(r1["points"])
 
 
+META = {"_lineage": {}, "_run_id": "r1", "_source": "demo", "_level": "points", "_fetched_at": "2026-11-25T00:00:00Z"}
+
+
 def test_bad_values_kept_null_and_reported(aws):
     store, _ = aws
     recs = [
-        {"ts": "2026-11-20T00:00:00Z", "value": "12.5", "price": "1.23456", "code": "007", "_lineage": {}, "_run_id": "r1", "_source": "demo", "_level": "points", "_fetched_at": "2026-11-25T00:00:00Z"},
-        {"ts": "yesterday", "value": "n/a", "price": "x", "code": 7, "_lineage": {}, "_run_id": "r1", "_source": "demo", "_level": "points", "_fetched_at": "2026-11-25T00:00:00Z"},
-        {"ts": "2026-11-20T01:00:00+01:00", "value": 3, "price": 2, "code": "9", "_lineage": {}, "_run_id": "r1", "_source": "demo", "_level": "points", "_fetched_at": "2026-11-25T00:00:00Z"},
+        {"ts": "2026-11-20T00:00:00Z", "value": "12.5", "price": "1.23456", "code": "007", **META},
+        {"ts": "yesterday", "value": "n/a", "price": "x", "code": 7, **META},
+        {"ts": "2026-11-20T01:00:00+01:00", "value": 3, "price": 2, "code": "9", **META},
     ]
     key = "raw/demo/r1/points/b0-000.jsonl.gz"
     store.put(key, ndjson_gz(recs))
@@ -112,7 +119,7 @@ def test_bad_values_kept_null_and_reported(aws):
     report = json.loads(store.get(out["report_key"]))
     assert report["count"] == 3 and len(report["samples"]) == 3
     # the row is kept, its unconvertible values are null; the null-time row is in the null partition
-    assert out["partitions"][f"event_date={layout.HIVE_NULL}"]["rows"] == 1
+    assert out["partitions"][f"event_date={s3keys.HIVE_NULL}"]["rows"] == 1
     t = pq.read_table(pa.BufferReader(store.get(out["partitions"]["event_date=2026-11-20"]["key"])))
     assert t.schema.field("price").type == parse_type("decimal(18,4)")
     assert [str(v) for v in t["price"].to_pylist()] == ["1.2346", "2.0000"]
@@ -167,7 +174,7 @@ def test_stale_staging_of_an_old_plan_is_ignored(aws):
     plan_conversion(store, source="demo", run_id="r1", levels=LEVELS)
     for i in load_plan(store, "demo", "r1"):
         convert_group(store, **i)
-    store.put(layout.staging_key("demo", "r1", "points", "event_date=2026-11-20", "0123456789abcdef"), b"junk")
+    store.put(s3keys.staging_key("demo", "r1", "points", "event_date=2026-11-20", "0123456789abcdef"), b"junk")
     items = plan_compaction(store, source="demo", run_id="r1")
     assert all("0123456789abcdef" not in k for it in items for k in it["staging_keys"])
 

@@ -4,20 +4,23 @@ a retried commit changes nothing more; keys that are only unique per parent are 
 
 from __future__ import annotations
 
-import boto3
 import json
+
+import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from harvester.lake import layout
+from harvester import s3keys
 from harvester.lake.compact import compact_partition, convert_run, plan_compaction
 from harvester.lake.convert import convert_group, load_plan, plan_conversion
 from harvester.lake.index import FileIndex
-from harvester.lake.query import run_query
+from harvester.lake.query import query_in_process
 from harvester.lake.store import S3Store
 from harvester.lake.synthetic import create_ledger_table, demo_records, write_raw
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
 
 LEVELS = {"troops": {"primary_key": ["id"]}, "warriors": {"primary_key": ["id"]},
           "datagroups": {"primary_key": ["id"]}, "points": {"time_field": "ts", "types": {"value": "float64"}}}
@@ -43,7 +46,7 @@ def points(store) -> list[tuple]:
 
 
 def count(store, index) -> int:
-    res = run_query(store, index, {"source": "demo", "level": "points", "start": "2026-11-01T00:00:00Z",
+    res = query_in_process(store, index, {"source": "demo", "level": "points", "start": "2026-11-01T00:00:00Z",
                                    "end": "2026-12-01T00:00:00Z", "aggregates": [{"op": "count"}]}, write=False)
     return res["rows"][0][0]
 
@@ -57,7 +60,7 @@ def test_overlapping_runs_keep_one_copy_the_latest_fetched_and_a_retry_changes_n
     groups = len(r1["datagroups"])
     for run, recs in (("r1", r1), ("r2", r2)):
         write_raw(store, "demo", run, recs, batch_size=70)
-        res = convert_run(store, index, source="demo", run_id=run, levels=LEVELS, target_bytes=4000)
+        convert_run(store, index, source="demo", run_id=run, levels=LEVELS, target_bytes=4000)
     rows = points(store)
     keys = [(g, ts) for g, ts, _, _ in rows]
     assert len(keys) == len(set(keys)) == 60 * groups  # 40 + 40 - 20 overlapping, each once
@@ -80,7 +83,7 @@ def test_overlapping_runs_keep_one_copy_the_latest_fetched_and_a_retry_changes_n
     assert all("/r2-" in k for k in warriors)
 
     # the duplicates are reported per partition (r2 dropped 20 per datagroup from r1, and its own repeated point)
-    reports = [k for k, _ in store.list(layout.duplicates_prefix("demo", "r2"))]
+    reports = [k for k, _ in store.list(s3keys.duplicates_prefix("demo", "r2"))]
     total = sum(json.loads(store.get(k))["total"] for k in reports)
     assert total == 20 * groups + 1 + len(r1["troops"]) + len(r1["warriors"]) + len(r1["datagroups"])
 
@@ -102,7 +105,7 @@ def test_overlapping_runs_keep_one_copy_the_latest_fetched_and_a_retry_changes_n
 def test_a_key_unique_only_per_parent_is_told_apart_by_its_lineage(aws):
     store, index = aws
     recs = demo_records("r1", points_per_group=3)
-    for n, g in enumerate(recs["datagroups"]):
+    for g in recs["datagroups"]:
         g["id"] = "cpu"  # every warrior has a datagroup "cpu": the same key under different parents
     write_raw(store, "demo", "r1", recs)
     res = convert_run(store, index, source="demo", run_id="r1", levels=LEVELS)

@@ -9,6 +9,8 @@ from moto import mock_aws
 from harvester.lake.index import FileIndex
 from harvester.lake.synthetic import create_ledger_table
 
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 
 def entry(key, lo, hi, run="r1", level="points"):
     return {"key": key, "source": "demo", "level": level, "partition": f"event_date={(lo or 'x')[:10]}", "run_id": run,

@@ -14,14 +14,16 @@ from harvester.lake.index import FileIndex
 from harvester.lake.query import (
     QueryError,
     format_table,
-    normalize_query,
     partial_aggregate,
     plan_query,
+    query_in_process,
     reduce_partials,
-    run_query,
+    validate_query,
 )
 from harvester.lake.store import S3Store
 from harvester.lake.synthetic import create_ledger_table, demo_records, write_raw
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
 
 BUCKET, TABLE = "lake-test", "ledger"
 LEVELS = {"points": {"time_field": "ts", "types": {"value": "float64"}}}
@@ -62,7 +64,7 @@ def _sql_value(v):
 
 def duckdb_answer(q: dict, paths: dict) -> list[list]:
     """The same question in SQL, written independently of the engine."""
-    nq = normalize_query(q)
+    nq = validate_query(q)
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet({paths[nq['level']]!r}, union_by_name=true)")
@@ -97,7 +99,8 @@ def duckdb_answer(q: dict, paths: dict) -> list[list]:
         c = f"p.{a['column']}" if a["column"] else None
         expr = {
             "count": f"count({c or '*'})", "sum": f"sum({c})", "min": f"min({c})", "max": f"max({c})",
-            "mean": f"avg({c})", "share": f"avg(CASE WHEN {c} = {_sql_value(a['equals'])} THEN 1.0 WHEN {c} IS NULL THEN NULL ELSE 0.0 END)",
+            "mean": f"avg({c})",
+            "share": f"avg(CASE WHEN {c} = {_sql_value(a['equals'])} THEN 1.0 WHEN {c} IS NULL THEN NULL ELSE 0.0 END)",
         }[a["op"]]
         sel.append(f'{expr} AS "{a["as"]}"')
     sql = f"SELECT {', '.join(sel)} FROM p {' '.join(joins)}"
@@ -144,7 +147,8 @@ QUERIES = {
                                   "start": "2026-11-21T00:00:00Z", "end": "2026-11-22T00:00:00Z"},
     "new_column_across_runs": {"group_by": ["quality"], "aggregates": [{"op": "count"}, {"op": "sum", "column": "value"}],
                                "start": "2026-11-20T00:00:00Z", "end": "2026-11-23T00:00:00Z"},
-    "straddling_edges": {"group_by": ["warriors.firmware"], "aggregates": [{"op": "count"}, UPTIME, {"op": "min", "column": "ts"}],
+    "straddling_edges": {"group_by": ["warriors.firmware"],
+                         "aggregates": [{"op": "count"}, UPTIME, {"op": "min", "column": "ts"}],
                          "start": "2026-11-20T23:59:59.500Z", "end": "2026-11-21T00:41:07Z"},
     "null_filters": {"group_by": ["quality"], "filters": [{"column": "status", "op": "is_null"}],
                      "aggregates": [{"op": "count"}, {"op": "count", "column": "status"}]},
@@ -161,7 +165,7 @@ QUERIES = {
 def test_query_equals_duckdb(lake, name):
     store, index, paths = lake
     q = {"source": "demo", "level": "points", **QUERIES[name]}
-    got = run_query(store, index, q, max_task_files=3)
+    got = query_in_process(store, index, q, max_task_files=3)
     want = duckdb_answer(q, paths)
     assert same(got["rows"], want), f"\nengine:\n{format_table(got)}\nduckdb:\n{want}"
 
@@ -172,15 +176,16 @@ def test_plan_skips_files_outside_range_and_tasks_merge(lake):
          "start": "2026-11-20T23:00:00Z", "end": "2026-11-21T00:00:00Z"}
     plan = plan_query(index, q, max_task_files=1)
     assert plan["files"] == len(plan["tasks"]) >= 1
-    assert all(f["min_time"] < "2026-11-21T00:00:00" and f["max_time"] >= "2026-11-20T23:00:00" for t in plan["tasks"] for f in t["files"])
+    files = [f for t in plan["tasks"] for f in t["files"]]
+    assert all(f["min_time"] < "2026-11-21T00:00:00" and f["max_time"] >= "2026-11-20T23:00:00" for f in files)
     assert plan["tasks"][0]["ancestors"]["warriors"]
     partials = [partial_aggregate(store, t, plan["query"]) for t in plan["tasks"]]
-    assert reduce_partials(partials, plan["query"])["rows"] == run_query(store, index, q, write=False)["rows"]
+    assert reduce_partials(partials, plan["query"])["rows"] == query_in_process(store, index, q, write=False)["rows"]
 
 
 def test_result_written_as_json_and_csv(lake):
     store, index, _ = lake
-    res = run_query(store, index, {"source": "demo", "level": "points", **QUERIES["uptime_by_firmware"]})
+    res = query_in_process(store, index, {"source": "demo", "level": "points", **QUERIES["uptime_by_firmware"]})
     csv_text = store.get(res["summary"]["csv_key"]).decode()
     assert csv_text.splitlines()[0] == "warriors.firmware,count,uptime"
     assert len(csv_text.splitlines()) == len(res["rows"]) + 1
@@ -189,11 +194,11 @@ def test_result_written_as_json_and_csv(lake):
 
 def test_bad_queries_are_rejected():
     with pytest.raises(QueryError, match="aggregate op"):
-        normalize_query({"source": "demo", "level": "points", "aggregates": [{"op": "median", "column": "value"}]})
+        validate_query({"source": "demo", "level": "points", "aggregates": [{"op": "median", "column": "value"}]})
     with pytest.raises(QueryError, match="needs 'equals'"):
-        normalize_query({"source": "demo", "level": "points", "aggregates": [{"op": "share", "column": "status"}]})
+        validate_query({"source": "demo", "level": "points", "aggregates": [{"op": "share", "column": "status"}]})
     with pytest.raises(QueryError, match="before"):
-        normalize_query({"source": "demo", "level": "points", "start": "2026-11-21", "end": "2026-11-20"})
+        validate_query({"source": "demo", "level": "points", "start": "2026-11-21", "end": "2026-11-20"})
 
 
 def test_ancestor_columns_join_on_the_levels_primary_key():
@@ -226,13 +231,13 @@ def test_ancestor_columns_join_on_the_levels_primary_key():
                   "issues": {"time_field": "created_at", "primary_key": ["number"]}}
         convert_run(store, index, source="gh", run_id="r1", levels=levels)
 
-        by_org = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["orgs.login"],
+        by_org = query_in_process(store, index, {"source": "gh", "level": "issues", "group_by": ["orgs.login"],
                                           "aggregates": [{"op": "count"}]}, write=False)
         assert sorted(by_org["rows"]) == [["acme", 20], ["globex", 10]]
-        acme = run_query(store, index, {"source": "gh", "level": "issues", "filters": [
+        acme = query_in_process(store, index, {"source": "gh", "level": "issues", "filters": [
             {"column": "orgs.login", "op": "=", "value": "acme"}], "aggregates": [{"op": "count"}]}, write=False)
         assert acme["rows"] == [[20]]
-        by_repo = run_query(store, index, {"source": "gh", "level": "issues", "group_by": ["repos.name", "repos.stars"],
+        by_repo = query_in_process(store, index, {"source": "gh", "level": "issues", "group_by": ["repos.name", "repos.stars"],
                                            "aggregates": [{"op": "count"}]}, write=False)
         assert sorted(by_repo["rows"]) == [["api", 1, 10], ["api", 5, 10], ["web", 7, 10]]
 

@@ -1,5 +1,5 @@
 """Issue 11: real APIs misbehave. Each numbered case of the issue against a GitHub-shaped API that misbehaves on
-demand (harvester/vendor/rogue.py, real HTTP on 127.0.0.1), through the real batch worker with S3 and DynamoDB
+demand (harvester/simulator/rogue.py, real HTTP on 127.0.0.1), through the real batch worker with S3 and DynamoDB
 on moto, level by level as the workflow runs them (`write_manifest` builds each next level's items). Every test
 checks the harvest against the API's books: the records, none twice, the failures in the ledger naming URL and
 reason, and a resume after the API is fixed."""
@@ -18,24 +18,23 @@ import pytest
 from moto import mock_aws
 
 from harvester import storage
-from harvester.client import CallFailed
 from harvester.ledger import Ledger, create_table_kwargs, expires_at
 from harvester.ratelimit import limiter_for
 from harvester.run import write_manifest
+from harvester.simulator.rogue import TOKEN, Recorder, Rogue, RogueApp, Serving
 from harvester.spec import SourceSpec, SpecError, parse_spec
-from harvester.vendor.rogue import TOKEN, Recorder, Rogue, RogueApp, Serving
 from harvester.worker import BatchFailed, BatchIncomplete, harvest_batch
 
 SOURCE, BUCKET = "gh", "rogue-test"
 
 
 @pytest.fixture
-def aws() -> Iterator[tuple[storage.Store, Ledger]]:
+def aws() -> Iterator[tuple[storage.HarvestBucket, Ledger]]:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         table = boto3.resource("dynamodb", region_name="us-east-1").create_table(**create_table_kwargs("ledger"))
-        yield storage.Store(s3, BUCKET), Ledger(table)
+        yield storage.HarvestBucket(s3, BUCKET), Ledger(table)
 
 
 @pytest.fixture
@@ -94,15 +93,15 @@ def run_levels(spec: SourceSpec, aws, run_id: str = "r1", attempt: int = 1, *, s
     return out
 
 
-def raw(store: storage.Store, level: str, run_id: str = "r1") -> list[dict[str, Any]]:
+def raw(store: storage.HarvestBucket, level: str, run_id: str = "r1") -> list[dict[str, Any]]:
     return [r for key in store.list_keys(storage.raw_prefix(SOURCE, run_id, level)) for r in store.read_records(key)]
 
 
-def issue_ids(store: storage.Store, run_id: str = "r1") -> Counter:
+def issue_ids(store: storage.HarvestBucket, run_id: str = "r1") -> Counter:
     return Counter(r["id"] for r in raw(store, "issues", run_id))
 
 
-def assert_books(rogue: Rogue, store: storage.Store, run_id: str = "r1") -> None:
+def assert_books(rogue: Rogue, store: storage.HarvestBucket, run_id: str = "r1") -> None:
     books = rogue.books()
     repos = Counter(r["full_name"] for r in raw(store, "repos", run_id))
     assert set(repos) == books["repos"] and max(repos.values()) == 1, repos

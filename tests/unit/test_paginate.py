@@ -6,15 +6,18 @@ from typing import Any
 
 import pytest
 
+from harvester import dotted
 from harvester import paginate as pg
 from harvester import spec as s
 from harvester.paginate import IncompleteListError, PageRequest, PaginationError
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
 
 URL = "https://api.example.com/v1/items"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# extract / records_of
+# dotted paths (harvester/dotted.py) / records_of
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "path, expected",
@@ -32,13 +35,13 @@ URL = "https://api.example.com/v1/items"
 )
 def test_extract(path: str, expected: Any):
     body = {"data": {"items": [1, 2]}, "rows": [[5, 6], [7]]}
-    assert pg.extract(body, path) == expected
+    assert dotted.get(body, path) == expected
 
 
 @pytest.mark.parametrize("path", ["nope", "data.nope", "data.items.2", "data.items.-3", "data.items.x", "rows.0.0.0"])
 def test_extract_missing_path(path: str):
     with pytest.raises(KeyError):
-        pg.extract({"data": {"items": [1, 2]}, "rows": [[5, 6], [7]]}, path)
+        dotted.get({"data": {"items": [1, 2]}, "rows": [[5, 6], [7]]}, path)
 
 
 def test_records_of_bare_array_and_nested_path():

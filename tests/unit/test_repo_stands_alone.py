@@ -6,6 +6,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 OUTSIDE = re.compile(r"(\.\./shared|shared/NOTES\.md|shared/reference|shared/seeds|NOTES\.md)")
 
@@ -37,3 +41,20 @@ def test_every_linked_doc_exists():
             if not (ROOT / ref).exists():
                 missing.append(f"{path.relative_to(ROOT)} -> {ref}")
     assert not missing, "\n".join(sorted(set(missing)))
+
+
+def test_no_harvest_code_imports_the_simulator():
+    """The simulated vendor is for tests, benches and `harvest demo`: its dependencies (aiohttp) are an extra, so a
+    harvest (Lambda bundles, the local engine, the CLI's run commands) must never import it at module level."""
+    allowed = {"harvester/cli/main.py", "harvester/cli/demo.py"}  # `harvest demo` / `harvest vendor`, lazily
+    found = []
+    for path in sorted((ROOT / "harvester").rglob("*.py")) + sorted((ROOT / "lambdas").rglob("*.py")) \
+            + sorted((ROOT / "stacks").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("harvester/simulator/"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"^\s*(from|import)\s+harvester\.simulator", line):
+                if rel not in allowed or not line.startswith((" ", "\t")):
+                    found.append(f"{rel}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

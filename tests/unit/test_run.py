@@ -18,11 +18,11 @@ from moto import mock_aws
 
 from harvester import storage
 from harvester.ledger import Ledger, batch_sk, create_table_kwargs, run_pk
+from harvester.ratelimit import limiter_for
 from harvester.run import COUNTERS, InputError, advance_level, default_run_id, parse_input, plan_run
 from harvester.secrets import resolve_secret
+from harvester.simulator.server import VendorServer
 from harvester.spec import SpecError, find_spec
-from harvester.vendor.server import VendorServer
-from harvester.ratelimit import limiter_for
 from harvester.worker import harvest_batch
 
 BUCKET = "harvest-test"
@@ -85,12 +85,12 @@ def test_default_run_id():
 # plan_run
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def aws() -> Iterator[tuple[storage.Store, Ledger, Any]]:
+def aws() -> Iterator[tuple[storage.HarvestBucket, Ledger, Any]]:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         table = boto3.resource("dynamodb", region_name="us-east-1").create_table(**create_table_kwargs("ledger"))
-        yield storage.Store(s3, BUCKET), Ledger(table), table
+        yield storage.HarvestBucket(s3, BUCKET), Ledger(table), table
 
 
 @pytest.fixture

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 
 from harvester import spec as s
 from harvester.spec import SpecError, find_spec, load_spec, parse_spec
+
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "sources" / "demo.yaml"
@@ -337,27 +339,6 @@ def test_find_spec_rejects_a_bad_source_name(tmp_path: Path, source: str):
     with pytest.raises(SpecError) as info:
         find_spec(ROOT / "sources", source)
     assert "is not a valid source name" in str(info.value)
-
-
-def test_batch_size_explicit_or_sized_from_the_rate(tmp_path):
-    from harvester.spec import AUTO_BATCH_MAX, AUTO_BATCH_MIN, AUTO_BATCH_UNLIMITED, BATCH_SECONDS, parse_spec
-
-    def spec(**top):
-        return parse_spec({"name": "b", "base_url": "http://127.0.0.1:1", "max_concurrency": top.pop("max_concurrency", 4),
-                           "levels": [{"name": "a", "path": "/a", "primary_key": "id"},
-                                      {"name": "b", "path": "/a/{a.id}/b", "batch_size": 7}], **top}, "b.yaml")
-
-    assert spec().batch_size(1) == 7  # given: used as is
-    assert spec().batch_size(0) == AUTO_BATCH_UNLIMITED
-    # 10 r/s: two workers (the fewest), 5 calls/s each, BATCH_SECONDS of them
-    assert spec(rate_limit={"requests_per_second": 10, "burst": 5}).workers() == 2
-    assert spec(rate_limit={"requests_per_second": 10, "burst": 5}).batch_size(0) == 5 * BATCH_SECONDS
-    # workers: as many as the rate needs, at most max_concurrency; unlimited: max_concurrency
-    assert spec(rate_limit={"requests_per_second": 350, "burst": 5}).workers() == 4
-    assert spec(rate_limit={"requests_per_second": 350, "burst": 5}, max_concurrency=3).workers() == 3
-    assert spec().workers() == 4
-    assert spec(rate_limit={"requests_per_second": 0.5, "burst": 1}).batch_size(0) == AUTO_BATCH_MIN
-    assert spec(rate_limit={"requests_per_second": 5000, "burst": 5}).batch_size(0) == AUTO_BATCH_MAX
 
 
 def test_secret_name_follows_the_deployed_prefix(monkeypatch: pytest.MonkeyPatch):

@@ -8,6 +8,8 @@ from harvester.spec import parse_spec
 from harvester.template import TemplateError, lookup, references, render
 from harvester.worker import child_context, template_context
 
+pytestmark = pytest.mark.fast  # no server, no fleet: `pytest -m fast` (README, Tests)
+
 
 def test_references_in_order_skipping_literal_braces():
     assert references("/troops/{troop.id}/warriors") == [("troop", "id")]
@@ -133,3 +135,14 @@ def test_nested_template_field_survives_the_lineage_context():
     ctx = template_context(parent, spec)
     assert render(spec.levels[1].path, ctx, for_path=True) == "/a/north%20side/devices"
     assert render(spec.levels[1].params["r"], ctx, for_path=False) == "eu"
+
+
+def test_templates_and_pagination_walk_paths_the_same_way():
+    """One walker (harvester/dotted.py): a template field reaches into lists as a spec's records path does."""
+    from harvester.paginate import records_of
+
+    rec = {"tags": [{"id": "a"}, {"id": "b"}], "meta": {"ids": [7, 8]}}
+    assert lookup(rec, "tags.1.id") == "b" and lookup(rec, "meta.ids.-1") == 8
+    assert records_of({"data": {"pages": [[1, 2]]}}, "data.pages.0", "u") == [1, 2]
+    with pytest.raises(KeyError):
+        lookup(rec, "tags.2.id")

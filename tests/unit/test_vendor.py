@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from harvester.vendor import STYLES, FaultConfig, FaultRule, VendorData, VendorServer
-from harvester.vendor.data import FIRMWARES, KINDS, iso, parse_iso
-from harvester.vendor.paging import decode_cursor, encode_cursor
+from harvester.simulator import STYLES, FaultConfig, FaultRule, VendorData, VendorServer
+from harvester.simulator.data import FIRMWARES, KINDS, iso, parse_iso
+from harvester.simulator.paging import decode_cursor, encode_cursor
 
 SMALL = {"troops": 2, "warriors_per_troop": 3, "datagroups_per_warrior": 2, "points_per_datagroup": 10}
 
@@ -73,7 +73,7 @@ def walk(client: httpx.Client, path: str, style: str) -> tuple[list[dict[str, An
     calls = 0
     client = _Capped(client)  # a pagination bug must fail the test, never loop forever
     if style == "page":
-        page, total = 1, None
+        page, total, size = 1, None, 0
         while total is None or (page - 1) * size < total:
             r = get(client, path, page=page)
             calls += 1
@@ -254,7 +254,8 @@ def test_auth_schemes(scheme: str) -> None:
         assert httpx.get(url, headers=v.auth_headers("wrong"), params=v.auth_params("wrong")).status_code == 401
         ok = httpx.get(url, headers=v.auth_headers(), params=v.auth_params())
         assert ok.status_code == 200 and ok.json()["total"] == 2
-        other = {"header": {"Authorization": "Bearer s3cret"}, "bearer": {"X-Api-Key": "s3cret"}, "query": {"X-Api-Key": "s3cret"}}
+        other = {"header": {"Authorization": "Bearer s3cret"}, "bearer": {"X-Api-Key": "s3cret"},
+                 "query": {"X-Api-Key": "s3cret"}}
         assert httpx.get(url, headers=other[scheme]).status_code == 401
         assert httpx.get(url).json()["error"]["code"] == "unauthorized"
         stats = v.stats()

@@ -15,8 +15,7 @@ from harvester.ledger import Ledger, create_table_kwargs
 from harvester.run import InputError, plan_run
 from harvester.spec import SpecError, find_spec, parse_spec
 from harvester.template import render
-from harvester.window import (WindowError, WindowSpec, backfill_window, context, daily_window, parse_duration,
-                              slices)
+from harvester.window import WindowError, WindowSpec, backfill_window, context, daily_window, parse_duration, slices
 from tests.unit.test_run import BUCKET, KEY, START, write_source
 
 W = {"initial_start": "2026-01-01T00:00:00Z"}
@@ -123,7 +122,7 @@ def ledger():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         table = boto3.resource("dynamodb", region_name="us-east-1").create_table(**create_table_kwargs("ledger"))
-        yield Ledger(table), storage.Store(s3, BUCKET)
+        yield Ledger(table), storage.HarvestBucket(s3, BUCKET)
 
 
 def test_two_runs_taking_a_window_at_once_never_overlap(ledger):

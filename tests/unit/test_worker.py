@@ -16,10 +16,10 @@ from moto import mock_aws
 
 from harvester import storage
 from harvester.ledger import Ledger, batch_sk, create_table_kwargs, expires_at
-from harvester.spec import SourceSpec, parse_spec
-from harvester.vendor.faults import FaultConfig, FaultRule
-from harvester.vendor.server import VendorServer
 from harvester.ratelimit import limiter_for
+from harvester.simulator.faults import FaultConfig, FaultRule
+from harvester.simulator.server import VendorServer
+from harvester.spec import SourceSpec, parse_spec
 from harvester.worker import BatchFailed, BatchIncomplete, child_batch_id, harvest_batch, parent_key
 
 KEY = "worker-key"
@@ -37,13 +37,13 @@ def vendor() -> Iterator[VendorServer]:
 
 
 @pytest.fixture
-def aws() -> Iterator[tuple[storage.Store, Ledger]]:
+def aws() -> Iterator[tuple[storage.HarvestBucket, Ledger]]:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         ddb = boto3.resource("dynamodb", region_name="us-east-1")
         table = ddb.create_table(**create_table_kwargs("ledger"))
-        yield storage.Store(s3, BUCKET), Ledger(table)
+        yield storage.HarvestBucket(s3, BUCKET), Ledger(table)
 
 
 def make_spec(vendor: VendorServer, max_in_flight: int | None = None) -> SourceSpec:
@@ -76,11 +76,12 @@ def troop_batch(vendor: VendorServer, batch_id: str = "b1") -> dict[str, Any]:
 
 def harvest(spec, run, level, batch, aws, *, budget: float = 60.0, limiter=None) -> dict[str, Any]:
     store, ledger = aws
-    return asyncio.run(harvest_batch(spec, run, level, batch, store=store, ledger=ledger, limiter=limiter or limiter_for(SOURCE, None, 0),
+    limiter = limiter or limiter_for(SOURCE, None, 0)
+    return asyncio.run(harvest_batch(spec, run, level, batch, store=store, ledger=ledger, limiter=limiter,
                                      secret=KEY, time_budget=budget))
 
 
-def raw_records(store: storage.Store, run_id: str, level_name: str) -> list[dict[str, Any]]:
+def raw_records(store: storage.HarvestBucket, run_id: str, level_name: str) -> list[dict[str, Any]]:
     out = []
     for key in store.list_keys(storage.raw_prefix(SOURCE, run_id, level_name)):
         out.extend(store.read_records(key))

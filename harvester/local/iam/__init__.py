@@ -10,15 +10,15 @@ from harvester.local.iam.guard import (
     MODEL_ENV,
     Authorizer,
     acting_as,
-    active,
     activate,
+    active,
     as_function,
     install_executor_patches,
     register_hooks,
     uninstall_thread_patch,
 )
 from harvester.local.iam.policies import IamModel, model_file
-from harvester.local.iam.requests import Request, function_arn
+from harvester.local.iam.requests import Request
 
 __all__ = ["CALLER", "Authorizer", "IamModel", "Request", "acting_as", "active", "as_function", "check_invoke",
            "disable", "enable"]  # fmt: skip

@@ -17,8 +17,9 @@ tests/unit/test_iam_evaluate.py cross-checks this module against `@cloud-copilot
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 ALLOWED = "Allowed"
 EXPLICIT_DENY = "ExplicitlyDenied"
@@ -131,7 +132,8 @@ def _condition_holds(operator: str, key: str, policy_values: Any, context: dict)
         # single-valued operator does not match it ("Single-valued vs. multivalued context keys",
         # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html)
         return False
-    request_values = [str(v).lower() if isinstance(v, bool) else str(v) for v in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    raw_values = raw if isinstance(raw, (list, tuple)) else [raw]
+    request_values = [str(v).lower() if isinstance(v, bool) else str(v) for v in raw_values]
     if qualifier == "ForAllValues":
         return all(one(v) for v in request_values)
     return any(one(v) for v in request_values)

@@ -26,8 +26,8 @@ import functools
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
@@ -108,9 +108,9 @@ def active() -> Authorizer | None:
     """The authorizer of this process: the engine's, or in a worker process the one its environment names."""
     global _active
     if _active is None and os.environ.get(MODEL_ENV):
-        from harvester.local import engine  # noqa: PLC0415 - REGION/ACCOUNT; engine imports this module
+        from harvester.local.names import ACCOUNT, REGION  # noqa: PLC0415
 
-        _active = Authorizer(IamModel.from_file(os.environ[MODEL_ENV]), engine.REGION, engine.ACCOUNT)
+        _active = Authorizer(IamModel.from_file(os.environ[MODEL_ENV]), REGION, ACCOUNT)
     return _active
 
 

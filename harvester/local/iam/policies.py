@@ -15,15 +15,15 @@ import json
 import os
 import re
 import tempfile
-from importlib import metadata
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 #: everything the synthesized policies depend on (files or folders, relative to the repository root)
 INPUTS = ("stacks", "statemachines", "sources", "cdk.json", "lambdas/requirements", "app.py",
-          "harvester/definition.py", "harvester/functions.py", "harvester/local/iam/policies.py")  # fmt: skip
+          "harvester/definition.py", "harvester/functions.py", "harvester/local/iam/policies.py")
 #: the stack name that gives the state machines the local engine's names (`{stack}-harvest`)
 STACK_NAME = "harvester"
 
@@ -44,7 +44,7 @@ class IamModel:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "IamModel":
+    def from_file(cls, path: str | Path) -> IamModel:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -63,7 +63,7 @@ class Resolver:
         self.pseudo = {"AWS::Partition": "aws", "AWS::Region": self.region, "AWS::AccountId": self.account,
                        "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": STACK_NAME, "AWS::NoValue": None,
                        "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{self.account}:stack/{STACK_NAME}/"
-                                       "0a1b2c3d-0000-4000-8000-000000000000"}  # fmt: skip
+                                       "0a1b2c3d-0000-4000-8000-000000000000"}
 
     def arn(self, service: str, resource: str) -> str:
         return f"arn:aws:{service}:{self.region}:{self.account}:{resource}"
@@ -96,9 +96,8 @@ class Resolver:
         if kind == "AWS::SNS::Topic":
             return lid if attr == "TopicName" else self.arn("sns", lid)
         if kind == "AWS::SQS::Queue":
-            return {"Ref": f"https://sqs.{self.region}.amazonaws.com/{self.account}/{lid}", "QueueName": lid,
-                    "QueueUrl": f"https://sqs.{self.region}.amazonaws.com/{self.account}/{lid}"}.get(
-                attr, self.arn("sqs", lid))  # fmt: skip
+            url = f"https://sqs.{self.region}.amazonaws.com/{self.account}/{lid}"
+            return {"Ref": url, "QueueName": lid, "QueueUrl": url}.get(attr, self.arn("sqs", lid))
         if kind == "AWS::SecretsManager::Secret":
             return self.arn("secretsmanager", f"secret:{self.resolve(props.get('Name', lid))}-AbCdEf")
         if kind == "AWS::Logs::LogGroup":
@@ -171,9 +170,9 @@ def build_model(template: dict, names: dict[str, str], function_names: dict[str,
         for role in props.get("Roles", []):
             roles[role["Ref"]].append(r.resolve(props["PolicyDocument"]))
     functions = {function_names[lid].removeprefix("harvester-"): _role_of(props["Role"])
-                 for lid, props in _of_type(template, "AWS::Lambda::Function") if lid in function_names}  # fmt: skip
+                 for lid, props in _of_type(template, "AWS::Lambda::Function") if lid in function_names}
     machines = {r.resolve(props["StateMachineName"]): _role_of(props["RoleArn"])
-                for _, props in _of_type(template, "AWS::StepFunctions::StateMachine")}  # fmt: skip
+                for _, props in _of_type(template, "AWS::StepFunctions::StateMachine")}
     resource_policies: dict[str, list[dict]] = {}
     for _, props in _of_type(template, "AWS::S3::BucketPolicy"):
         bucket = r.resolve(props["Bucket"])
@@ -183,12 +182,12 @@ def build_model(template: dict, names: dict[str, str], function_names: dict[str,
             resource_policies.setdefault(r.resolve(topic), []).append(r.resolve(props["PolicyDocument"]))
     schedules = [{"name": lid, "target": r.resolve(p["Target"]["Arn"]), "input": p["Target"].get("Input", "{}"),
                   "role": _role_of(p["Target"]["RoleArn"]), "state": p.get("State", "ENABLED")}
-                 for lid, p in _of_type(template, "AWS::Scheduler::Schedule")]  # fmt: skip
+                 for lid, p in _of_type(template, "AWS::Scheduler::Schedule")]
     topics = [lid for lid, _ in _of_type(template, "AWS::SNS::Topic")]
     alarms = [r.attribute(lid, "Arn") for lid, p in _of_type(template, "AWS::CloudWatch::Alarm") if p.get("AlarmActions")]
     return IamModel(roles=roles, functions=functions, state_machines=machines, resource_policies=resource_policies,
                     schedules=schedules, alarms=alarms,
-                    alarm_topic=r.attribute(topics[0], "Ref") if topics else None)  # fmt: skip
+                    alarm_topic=r.attribute(topics[0], "Ref") if topics else None)
 
 
 def synthesize(extra_context: dict | None = None) -> tuple[dict, dict[str, str], str]:
@@ -217,19 +216,11 @@ def _cdk_version() -> str:
 
 
 def _deploy_settings() -> list[str]:
-    """The environment variables stacks/config.py and stacks/app.py read (HARVESTER_ + each setting), found by
-    reading stacks/config.py (importing it would start the CDK's Node runtime on every local run)."""
-    import ast  # noqa: PLC0415
-    import re  # noqa: PLC0415
+    """The environment variables the CDK app reads (HARVESTER_ + each deploy setting), from stacks/settings.py:
+    no CDK in it, so importing it does not start the CDK's Node runtime on every local run."""
+    from stacks.settings import environment_variables  # noqa: PLC0415 - the app's, next to the package
 
-    config = ROOT / "stacks" / "config.py"
-    if not config.exists():
-        return []
-    tree = ast.parse(config.read_text(encoding="utf-8"))
-    names = [node.target.id for cls in tree.body if isinstance(cls, ast.ClassDef) and cls.name == "HarvesterConfig"
-             for node in cls.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
-    env = ["HARVESTER_" + re.sub(r"(?<!^)(?=[A-Z])", "_", n).upper() for n in names if n != "extra"]
-    return env + ["HARVESTER_STACK_NAME", "HARVESTER_ACCOUNT", "HARVESTER_REGION"]
+    return environment_variables()
 
 
 def inputs_hash() -> str:

@@ -15,10 +15,11 @@ import random
 import re
 import threading
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 Record = dict[str, Any]
 

@@ -101,6 +101,18 @@ class VendorConfig:
         return out
 
 
+def vendor_config(base: VendorConfig | None = None, **options: Any) -> VendorConfig:
+    """``base`` (default ``VendorConfig()``) with ``options`` set, each a VendorConfig field or a DataConfig field
+    (``troops=...``, ``seed=...``): the one place options become a config (VendorServer, `harvest vendor`,
+    `harvest demo` and its resume)."""
+    config = base or VendorConfig()
+    data_fields = {f.name for f in fields(DataConfig)}
+    data = {k: options.pop(k) for k in list(options) if k in data_fields}
+    if data:
+        config = replace(config, data=replace(config.data, **data))
+    return replace(config, **options) if options else config
+
+
 def _per_route(value: dict[str, int] | int, defaults: dict[str, int]) -> dict[str, int]:
     if isinstance(value, int):
         return {route: value for route in ROUTES}
@@ -605,14 +617,7 @@ class VendorServer:
 
     def __init__(self, config: VendorConfig | None = None, *, data: VendorData | None = None,
                  host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        config = config or VendorConfig()
-        data_fields = {f.name for f in fields(DataConfig)}
-        data_options = {k: options.pop(k) for k in list(options) if k in data_fields}
-        if data_options:
-            config = replace(config, data=replace(config.data, **data_options))
-        if options:
-            config = replace(config, **options)
-        self.vendor = VendorApp(config, data)
+        self.vendor = VendorApp(vendor_config(config, **options), data)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,6 +1,6 @@
 """The simulated vendor: a seeded monitoring hierarchy served over real HTTP on 127.0.0.1.
 
-    from harvester.vendor import VendorServer, FaultConfig, FaultRule
+    from harvester.simulator import VendorServer, FaultConfig, FaultRule
     with VendorServer(troops=3, rate=20, burst=5) as vendor:
         httpx.get(f"{vendor.url}/v1/troops", headers=vendor.auth_headers())
         vendor.stats().served

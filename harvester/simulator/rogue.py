@@ -190,7 +190,7 @@ class Serving:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def __enter__(self) -> "Serving":
+    def __enter__(self) -> Serving:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(15)
         return self

@@ -1,4 +1,4 @@
-"""Run the simulated vendor standalone: ``python -m harvester.vendor --port 8080 --rate 20 --burst 5``.
+"""Run the simulated vendor standalone: ``python -m harvester.simulator --port 8080 --rate 20 --burst 5``.
 
 Prints one line ``vendor listening on http://127.0.0.1:PORT`` (flushed) once it accepts connections,
 so scripts can wait for it, then serves until interrupted (Ctrl-C or SIGTERM).
@@ -13,7 +13,10 @@ import threading
 from collections.abc import Sequence
 
 from .data import DataConfig
-from .server import DEFAULT_PAGINATION, VendorConfig, VendorServer
+from .server import DEFAULT_PAGINATION, VendorServer, vendor_config
+
+#: the name usage lines and errors give the command; `harvest vendor` passes its own
+PROG = "python -m harvester.simulator"
 
 
 def _pagination(text: str) -> dict[str, str]:
@@ -24,8 +27,10 @@ def _pagination(text: str) -> dict[str, str]:
     return {route.strip(): style.strip() for route, style in pairs}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harvester.vendor", description=__doc__.splitlines()[0])
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run the simulated vendor standalone (until Ctrl-C or "
+                                "SIGTERM): it prints `vendor listening on URL` once it accepts connections.",
+                                epilog=f"example: {prog} --port 8080 --rate 20 --burst 5")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 = any free port")
     p.add_argument("--troops", type=int, default=DataConfig.troops)
@@ -47,28 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    data = DataConfig(
-        troops=args.troops,
-        warriors_per_troop=args.warriors_per_troop,
-        datagroups_per_warrior=args.datagroups_per_warrior,
-        points_per_datagroup=args.points_per_datagroup,
-        seed=args.seed,
-        interval_seconds=args.interval_seconds,
-        variation=args.variation,
-    )
-    config = VendorConfig(
-        data=data,
-        api_key=args.api_key,
-        auth=args.auth,
-        rate=args.rate,
-        burst=args.burst,
-        retry_after=args.retry_after,
-        latency_ms=args.latency_ms,
-        pagination=args.pagination,
-        **({"page_size": args.page_size} if args.page_size else {}),
-    )
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    # every other option is a VendorConfig or DataConfig field of the same name; None: the config's default
+    options = {k: v for k, v in vars(args).items() if k not in ("host", "port") and v is not None}
+    config = vendor_config(**options)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with VendorServer(config, host=args.host, port=args.port) as server:
