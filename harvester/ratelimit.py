@@ -618,7 +618,7 @@ class Limiter:
                     slot = self._slots.popleft()
                     if self._low_water(now):  # lease the next block before this one runs out
                         self._leasing = prefetch = True
-                        want = self._want()
+                        want = self._want(prefetch=True)
                 elif not self._leasing:
                     self._leasing = True
                     leader = True
@@ -794,10 +794,12 @@ class Limiter:
         horizon = now + 2 * self._lease_latency + 1.0 / self._rate
         return not self._slots or self._slots[-1] < horizon
 
-    def _want(self) -> int:
-        demand = len(self._waiters) + 1
+    def _want(self, prefetch: bool = False) -> int:
+        """Tokens to lease now. ``prefetch``: the calling acquire already has its slot (the next block is
+        leased before this one runs out), so only the coroutines waiting count as demand."""
+        demand = len(self._waiters) + (0 if prefetch else 1)
         if self.bucket.cheap:
-            return demand
+            return max(1, demand)
         # adaptive block: grow while every leased slot was used, shrink when slots expired
         if self._s["leases"]:
             if self._expired_since_lease:
@@ -808,8 +810,10 @@ class Limiter:
         if self._lanes is not None:  # no block larger than the lanes can spend (see expect)
             self._block = min(self._block, float(self._lanes))
         want = max(demand, int(self._block))
-        if self._upcoming is not None:  # no more than the known work (those waiting, and what is to come)
-            want = min(want, demand + self._upcoming)
+        if self._upcoming is not None:
+            # no more than the known work (those waiting, and what is to come) less the slots already held:
+            # a worker holding 3 slots with 9 calls to come leases 6, not 9 (the 3 would expire unused)
+            want = min(want, demand + max(0, self._upcoming - len(self._slots)))
         if self._lanes is not None:
             want = min(want, max(demand, self._lanes))
         return max(1, min(want, self.cfg.max_block(self._rate)))
