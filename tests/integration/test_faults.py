@@ -23,7 +23,7 @@ FAST_RETRIES = {"max_attempts": 8, "base_delay": 0.02, "max_delay": 0.5}
 
 @pytest.fixture
 def sfn_waits(monkeypatch):
-    """Step Functions Retry waits, recorded instead of slept (NOTES P2)."""
+    """Step Functions Retry waits, recorded instead of slept (moto's executor sleeps them in its retrier)."""
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 
     waits: list[float] = []

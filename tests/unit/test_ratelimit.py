@@ -183,7 +183,7 @@ def table(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    install_dynamodb_lock()  # NOTES P6: conditional writes are atomic on AWS, not in moto
+    install_dynamodb_lock()  # conditional writes are atomic on AWS, not in moto (harvester/local/moto_patches.py)
     with mock_aws():
         ddb = boto3.resource("dynamodb", region_name="us-east-1")
         t = ddb.create_table(
