@@ -167,3 +167,30 @@ def test_the_cli_defaults_are_the_stacks():
 
     defaults = {f.name: f.default for f in dataclasses.fields(HarvesterConfig)}
     assert (defaults["arch"], defaults["workflowLogLevel"]) == (DEFAULT_ARCH, DEFAULT_LOG_LEVEL)
+
+
+@pytest.mark.parametrize("rate", [20, None])
+def test_the_metrics_the_estimate_prices_are_the_ones_a_fetch_invocation_publishes(rate):
+    """`harvest cost` prices metrics_per_source() custom metrics per source and hour: the fetch handler's own and the
+    rate limiter's, counted here on a real limiter's close() beside the handler's add_metrics (in memory, so the
+    figure stays true when either changes)."""
+    import asyncio
+
+    from harvester.ratelimit import limiter_for
+    from lambdas import fetch
+
+    fetch.metrics.clear_metrics()
+    try:
+        fetch.add_metrics({"call_stats": {"calls": 2, "mean_latency_ms": 12.0}, "records_written": 5})
+
+        async def two_calls() -> None:
+            lim = limiter_for(f"cost-{rate}", rate, 5, metrics=fetch.metrics)
+            await lim.acquire()
+            await lim.acquire()
+            await lim.close()
+
+        asyncio.run(two_calls())
+        names = sorted(fetch.metrics.metric_set)
+        assert len(names) == cost.metrics_per_source(rate_limited=rate is not None), names
+    finally:
+        fetch.metrics.clear_metrics()
