@@ -57,41 +57,36 @@ def _reader(args):
 
 # --- run / resume --------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    if args.local:
-        spec = load_spec(args.spec)
-        from harvester.preflight import check_local
-
-        check_local(spec)  # before the state folder exists: a missing key or a vendor down writes nothing
-        inp, name, _ = runs.new_run_input(spec.name, args.run_id)
-        run, desc, _ = execute(spec, Path(args.spec), inp, args.state, timeout=args.timeout, processes=args.processes,
-                               iam=not args.no_iam, as_json=args.json, execution_name=name)
-        return codes.exit_code(desc)
-    source = load_spec(args.spec).name if Path(args.spec).is_file() else args.spec
-    backend = _aws(args)
-    runs.check_source(backend, source)
-    inp, name, run_id = runs.new_run_input(source, args.run_id)
-    return _start_and_follow(args, backend, source, run_id, inp, name)
+    return _new_run(args)
 
 
 def cmd_backfill(args) -> int:
     """A backfill: the spec's windowed level over [--from, --to), sliced by --step into Map items; the daily
     bookmark is not moved. Locally, or on the deployed stack as a `window` in the execution input."""
-    from harvester.run import InputError, parse_input, plan_window
+    return _new_run(args, {"start": args.start, "end": args.end, **({"step": args.step} if args.step else {})})
 
-    window = {"start": args.start, "end": args.end, **({"step": args.step} if args.step else {})}
+
+def _new_run(args, window: dict | None = None) -> int:
+    """A new run of a source (a backfill with a `window`): on the local engine from its spec file, or on the
+    deployed stack by spec file or by name. Everything that can be checked here is checked before anything is
+    written or started: the source on the stack, a backfill's window as Plan run would take it (where the spec is at
+    hand; with a deployed name alone the workflow's Plan run refuses it, exit 2), the credential and the vendor."""
     spec = load_spec(args.spec) if args.local or Path(args.spec).is_file() else None
     source = spec.name if spec is not None else args.spec
     backend = None if args.local else _aws(args)
     if backend is not None:
         runs.check_source(backend, source)
     inp, name, run_id = runs.new_run_input(source, args.run_id)
-    inp = {**inp, "window": window}
-    if spec is not None:  # the window Plan run would take, checked before anything is written or started
-        try:
-            plan_window(parse_input(inp), spec, name, "", None)
-        except InputError as exc:
-            raise BadInput(str(exc)) from None
-    if backend is not None:  # a deployed source's name alone: the workflow's Plan run checks the window (exit 2)
+    if window is not None:
+        inp = {**inp, "window": window}
+        if spec is not None:
+            from harvester.run import InputError, parse_input, plan_window
+
+            try:
+                plan_window(parse_input(inp), spec, name, "", None)
+            except InputError as exc:
+                raise BadInput(str(exc)) from None
+    if backend is not None:
         return _start_and_follow(args, backend, source, run_id, inp, name)
     from harvester.preflight import check_local
 
