@@ -21,6 +21,12 @@ _DYNAMODB_METHODS = (
     "get_item",
     "transact_write_items",
     "batch_write_item",
+    # reads of many items too: moto sizes each item by iterating its attributes, and a write on another thread
+    # changed them underneath ("dictionary changed size during iteration", a failed batch on a loaded machine)
+    "query",
+    "scan",
+    "batch_get_item",
+    "transact_get_items",
 )
 
 
@@ -36,7 +42,9 @@ def install_dynamodb_lock() -> None:
 
     Upstream: moto documents that it does not support concurrent access
     (https://github.com/getmoto/moto/issues/4471, https://github.com/getmoto/moto/pull/7166); no fix planned.
-    Here: the backend's item operations run under one process-wide lock (3,000 of 3,000 granted)."""
+    Here: the backend's item operations run under one process-wide lock (3,000 of 3,000 granted). Reads of many
+    items (Query, Scan, BatchGetItem) take it too: on AWS each item they return is read whole, in moto a Query beside
+    an UpdateItem of one of its items raised RuntimeError (tests/unit/test_moto_dynamodb_lock.py)."""
     from moto.dynamodb.models import DynamoDBBackend
 
     for name in _DYNAMODB_METHODS:
