@@ -228,7 +228,8 @@ def test_a_worker_process_that_dies_fails_its_batch_and_a_resume_finishes_it(ven
         desc = engine.run({"source": spec.name, "run_id": "k1"}, timeout=300)
         assert killed and desc["status"] == "FAILED" and desc["error"] == "Harvest.Incomplete"
         failed = [b for b in engine.ledger.batches(spec.name, "k1", 3) if b.get("status") == "FAILED"]
-        assert failed and all(b["error"] == "Runtime.ExitError" for b in failed)
+        assert failed and all(b["error"] == "Runtime.ExitError" for b in failed), [
+            (b["sk"], b["error"], str(b.get("cause"))[:300]) for b in failed]
         assert not set(engine.dispatcher.pool.pids("fetch")) & set(killed)  # fresh workers after the deaths
 
         desc = engine.run({"source": spec.name, "resume": "k1"}, timeout=300)
