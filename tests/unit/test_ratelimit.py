@@ -540,25 +540,29 @@ def test_in_process_429_pauses_every_thread():
     assert count_between(seen, first_after + paused_for, t0 + 1.5) >= 1
 
 
+async def announced_calls(lim, n: int, hint: bool = True, after_first=None) -> dict:
+    """`n` acquires by one worker that (with `hint`) announces before each how many are still to come, as the fetch
+    worker does; `after_first` runs after the first. The limiter's figures, taken before close() gives any back."""
+    for i in range(n):
+        if hint:
+            lim.expect(n - 1 - i)  # this call in hand, the rest still to come
+        await lim.acquire()
+        if i == 0 and after_first is not None:
+            after_first()
+    st = lim.stats()
+    await lim.close()
+    return st
+
+
 def test_expect_keeps_leases_within_the_known_work(table):
     """A worker that announces how many calls it still has (lists not started) leases no further ahead: at
     the end of a batch it leaves no unused tokens in the shared schedule. Without the hint the block grows."""
-
-    async def calls(lim, n: int, hint: bool) -> dict:
-        for i in range(n):
-            if hint:
-                lim.expect(n - 1 - i)  # this call in hand, the rest still to come
-            await lim.acquire()
-        st = lim.stats()
-        await lim.close()
-        return st
-
     # every token leased is used (or expired because a loaded machine woke us too late): none left over
-    hinted = asyncio.run(calls(limiter_for("hint", 100, 5, table=table), 30, True))
+    hinted = asyncio.run(announced_calls(limiter_for("hint", 100, 5, table=table), 30))
     assert hinted["tokens_granted"] == 30
     assert hinted["tokens_leased"] - hinted["tokens_expired"] == 30
     ratelimit.reset_local_buckets()
-    free = asyncio.run(calls(limiter_for("nohint", 100, 5, table=table), 30, False))
+    free = asyncio.run(announced_calls(limiter_for("nohint", 100, 5, table=table), 30, hint=False))
     assert free["tokens_granted"] == 30 and free["tokens_leased"] - free["tokens_expired"] > 30
 
 
@@ -571,17 +575,10 @@ def test_after_a_stall_the_leases_ahead_take_only_the_known_work_not_yet_held(ta
     stall = [0.0]
     lim = limiter_for("stall", 100, 5, table=table, clock=lambda: time.time() + stall[0])
 
-    async def calls(n: int) -> dict:
-        for i in range(n):
-            lim.expect(n - 1 - i)
-            await lim.acquire()
-            if i == 0:
-                stall[0] += 0.3  # the slots of the first block pass while this worker does not run
-        st = lim.stats()
-        await lim.close()
-        return st
+    def stall_after_the_first_call() -> None:
+        stall[0] += 0.3  # the slots of the first block pass while this worker does not run
 
-    st = asyncio.run(calls(30))
+    st = asyncio.run(announced_calls(lim, 30, after_first=stall_after_the_first_call))
     print(f"\n  {st}")
     assert st["tokens_granted"] == 30 and st["tokens_expired"] >= 1
     assert st["tokens_leased"] - st["tokens_expired"] == 30 and st["tokens_returned"] == 0
